@@ -1,0 +1,52 @@
+# emseg: `make help` lists the targets. Every target bootstraps .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+# imagenet when smp's hub (or its cache) is reachable, else null (random init); or a file path.
+ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data train sweep tensorboard test test-all lint fmt clean-outputs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install emseg with its dependencies
+
+data: $(STAMP) ## link (verified) or download the EPFL / Lucchi++ volumes into data/
+	$(PY) -m emseg.data.prepare
+
+train: data ## train the report's configuration (VGG16-UNet, BCE, Adam 1e-4, 25 x 60 steps); ARGS= for overrides
+	$(PY) train.py experiment=seed_report model.encoder_weights=$(ENCODER_WEIGHTS) $(ARGS)
+
+sweep: data ## the 2 x 2 ablation: loss=bce,dice x optim=adam,adagrad (ARGS= for more overrides)
+	$(PY) train.py -m loss=bce,dice optim=adam,adagrad model.encoder_weights=$(ENCODER_WEIGHTS) $(ARGS)
+
+tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
+	$(VENV)/bin/tensorboard --logdir outputs --bind_all
+
+test: $(STAMP) ## fast tests (not marked slow)
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP) ## ruff autofix and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean-outputs: ## delete outputs/ (all runs!)
+	rm -rf outputs

@@ -1,0 +1,81 @@
+"""Lightning callbacks specific to segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
+from typing_extensions import override
+
+__all__ = ["ValidationImageLogger", "error_overlay"]
+
+
+def error_overlay(image: torch.Tensor, target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """RGB overlay of a prediction on its image: TP green, FP red, FN blue.
+
+    Args:
+        image: ``(Y, X)`` float image (any range; min-max scaled here).
+        target: ``(Y, X)`` ground truth in {0, 1}.
+        probs: ``(Y, X)`` predicted probabilities.
+
+    Returns:
+        ``(3, Y, X)`` float in [0, 1].
+    """
+    gray = image.float()
+    gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp_min(1e-6)
+    rgb = gray.expand(3, *gray.shape).clone()
+    pred, truth = probs > 0.5, target > 0.5
+    colours = {(True, True): (0.0, 1.0, 0.0), (True, False): (1.0, 0.0, 0.0),
+               (False, True): (0.0, 0.3, 1.0)}
+    for (p, t), colour in colours.items():
+        where = (pred == p) & (truth == t)
+        for channel, value in enumerate(colour):
+            rgb[channel][where] = 0.5 * rgb[channel][where] + 0.5 * value
+    return rgb
+
+
+class ValidationImageLogger(L.Callback):
+    """Log a few validation slices with error overlays to TensorBoard after each validation.
+
+    Args:
+        num_images: slices to log, spread evenly over the validation batches.
+        downsample: integer factor to shrink the images by (keeps event files small).
+    """
+
+    def __init__(self, num_images: int = 3, downsample: int = 2) -> None:
+        self.num_images = num_images
+        self.downsample = downsample
+        self._panels: list[torch.Tensor] = []
+
+    def _wanted(self, trainer: L.Trainer) -> set[int]:
+        total = trainer.num_val_batches[0] if trainer.num_val_batches else 0
+        if total <= 0:
+            return set()
+        return {round(i * (total - 1) / max(self.num_images - 1, 1)) for i in range(self.num_images)}
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or batch_idx not in self._wanted(trainer):
+            return
+        image, target = batch
+        centre = image.shape[1] // 2
+        s = self.downsample
+        panel = error_overlay(image[0, centre, ::s, ::s].cpu(), target[0, 0, ::s, ::s].cpu(),
+                              outputs["probs"][0, 0, ::s, ::s].float().cpu())
+        self._panels.append(panel)
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        panels, self._panels = self._panels, []
+        if not panels or trainer.sanity_checking:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                grid = make_grid(torch.stack(panels), nrow=len(panels), padding=4, pad_value=1.0)
+                logger.experiment.add_image("val/examples", grid, trainer.global_step)

@@ -1,0 +1,186 @@
+"""Training entry point: build everything from the Hydra config, fit, test, write metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from emseg.errors import ConfigError
+from emseg.hardware import describe_hardware
+from emseg.module import SegmentationModule
+from emseg.resolvers import PROJECT_ROOT
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _choices() -> dict[str, str]:
+    """Config-group choices (loss, optim, ...) when running under ``@hydra.main``."""
+    if HydraConfig.initialized():
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
+                if not k.startswith("hydra") and v is not None}
+    return {}
+
+
+def _target_name(node: Any) -> str:
+    if isinstance(node, DictConfig) and "_target_" in node:
+        return str(node._target_).rsplit(".", 1)[-1]
+    return "none"
+
+
+def _hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
+    """The scalar hyper-parameters shown in TensorBoard's hparams tab."""
+    choices = _choices()
+    return {
+        "loss": choices.get("loss", _target_name(cfg.loss)),
+        "optim": choices.get("optim", _target_name(cfg.optim)),
+        "lr": float(cfg.optim.lr),
+        "weight_decay": float(cfg.optim.get("weight_decay", 0.0)),
+        "l2_last_two": float(cfg.optim.get("l2_last_two", 0.0)),
+        "scheduler": choices.get("scheduler", _target_name(cfg.scheduler)),
+        "data": choices.get("data", Path(str(cfg.data.train_mask)).parent.name),
+        "patch_size": int(cfg.data.patch_size),
+        "batch_size": int(cfg.data.batch_size),
+        "context": int(cfg.data.context),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "steps_per_epoch": str(cfg.trainer.limit_train_batches),
+        "precision": precision,
+        "encoder_weights": str(cfg.model.encoder_weights),
+        "seed": -1 if cfg.get("seed") is None else int(cfg.seed),
+    }
+
+
+def _record_environment(output_dir: Path) -> None:
+    """Write what is needed to rerun this run exactly: command, commit, versions, hardware."""
+    import hydra
+    import segmentation_models_pytorch as smp
+    import torchmetrics
+
+    record = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "packages": {
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "hydra-core": hydra.__version__,
+            "segmentation-models-pytorch": smp.__version__,
+            "torchmetrics": torchmetrics.__version__,
+        },
+        "hardware": describe_hardware(),
+    }
+    (output_dir / "environment.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _split_optimizer(cfg: DictConfig) -> tuple[DictConfig, float]:
+    """Separate ``optim.l2_last_two`` (an emseg option, not an optimizer kwarg) from the rest."""
+    optim_cfg = OmegaConf.create(OmegaConf.to_container(cfg.optim, resolve=True))
+    l2_last_two = float(optim_cfg.pop("l2_last_two", 0.0))
+    return optim_cfg, l2_last_two
+
+
+def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def _build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train (and optionally test) the configured model.
+
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+
+    Returns:
+        Final metrics: last-epoch ``train/*`` and ``val/*`` values, the best validation
+        foreground IoU, and ``test/*`` of the best checkpoint when ``test_after_fit`` is set.
+    """
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
+
+    optim_cfg, l2_last_two = _split_optimizer(cfg)
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model, in_channels=datamodule.in_channels)
+    precision = str(cfg.trainer.precision)
+    module = SegmentationModule(
+        net=net,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(optim_cfg),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        l2_last_two=l2_last_two,
+        channels_last=bool(cfg.channels_last),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    loggers = _build_loggers(cfg)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers or False
+    )
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    _record_environment(output_dir)
+    log.info("hardware: %s; precision %s; channels_last %s", describe_hardware(), precision,
+             cfg.channels_last)
+    hparams = _hparams(cfg, precision)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Registering the metric tags makes the hparams tab show their final values.
+            logger.log_hyperparams(hparams, metrics={"val/fg_iou": 0.0, "val/mean_iou": 0.0,
+                                                     "val/dice": 0.0, "val/acc": 0.0})
+
+    ckpt_path = cfg.get("ckpt_path")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics["fit_seconds"] = fit_seconds
+    metrics["global_step"] = float(trainer.global_step)
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics["val/best_fg_iou"] = float(checkpoint.best_model_score)
+    if cfg.get("test_after_fit"):
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    if trainer.is_global_zero:
+        summary = {"metrics": metrics, "hparams": hparams}
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return metrics
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject config values that would only fail deep inside training."""
+    if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) <= 0:
+        raise ConfigError(f"trainer.max_epochs must be positive, got {cfg.trainer.max_epochs}")
+    if float(cfg.optim.lr) <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
