@@ -1,6 +1,5 @@
 """Train a mitochondria segmentation model: ``python train.py [overrides]`` (see README)."""
 
-import logging
 import os
 import sys
 
@@ -8,21 +7,20 @@ import hydra
 from omegaconf import DictConfig
 
 import emseg  # noqa: F401  (registers the config resolvers)
-from emseg.errors import EmsegError
-from emseg.train import check_config, run
+from emseg.errors import find_user_error
+from emseg.train import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Run one training job and return the metric a sweeper optimises."""
     try:
-        check_config(cfg)
         metrics = run(cfg)
-    except EmsegError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        logging.getLogger("emseg").error("error: %s", err)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/fg_iou"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import lightning as L
@@ -10,7 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 from typing_extensions import override
 
-__all__ = ["ValidationImageLogger", "error_overlay"]
+__all__ = ["EpochSummary", "ValidationImageLogger", "error_overlay"]
+
+log = logging.getLogger(__name__)
 
 
 def error_overlay(image: torch.Tensor, target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -28,8 +32,11 @@ def error_overlay(image: torch.Tensor, target: torch.Tensor, probs: torch.Tensor
     gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp_min(1e-6)
     rgb = gray.expand(3, *gray.shape).clone()
     pred, truth = probs > 0.5, target > 0.5
-    colours = {(True, True): (0.0, 1.0, 0.0), (True, False): (1.0, 0.0, 0.0),
-               (False, True): (0.0, 0.3, 1.0)}
+    colours = {
+        (True, True): (0.0, 1.0, 0.0),
+        (True, False): (1.0, 0.0, 0.0),
+        (False, True): (0.0, 0.3, 1.0),
+    }
     for (p, t), colour in colours.items():
         where = (pred == p) & (truth == t)
         for channel, value in enumerate(colour):
@@ -54,20 +61,30 @@ class ValidationImageLogger(L.Callback):
         total = trainer.num_val_batches[0] if trainer.num_val_batches else 0
         if total <= 0:
             return set()
-        return {round(i * (total - 1) / max(self.num_images - 1, 1)) for i in range(self.num_images)}
+        return {
+            round(i * (total - 1) / max(self.num_images - 1, 1)) for i in range(self.num_images)
+        }
 
     @override
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if trainer.sanity_checking or batch_idx not in self._wanted(trainer):
             return
         image, target = batch
         centre = image.shape[1] // 2
         s = self.downsample
-        panel = error_overlay(image[0, centre, ::s, ::s].cpu(), target[0, 0, ::s, ::s].cpu(),
-                              outputs["probs"][0, 0, ::s, ::s].float().cpu())
+        panel = error_overlay(
+            image[0, centre, ::s, ::s].cpu(),
+            target[0, 0, ::s, ::s].cpu(),
+            outputs["probs"][0, 0, ::s, ::s].float().cpu(),
+        )
         self._panels.append(panel)
 
     @override
@@ -79,3 +96,34 @@ class ValidationImageLogger(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 grid = make_grid(torch.stack(panels), nrow=len(panels), padding=4, pad_value=1.0)
                 logger.experiment.add_image("val/examples", grid, trainer.global_step)
+
+
+class EpochSummary(L.Callback):
+    """One log line per epoch (epoch, step, seconds, metrics), readable in nohup/SLURM logs
+    where the live progress bar is not rendered."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        shown = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if v.numel() == 1 and not k.endswith("_step")
+        }
+        text = " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
+        log.info(
+            "epoch %d step %d (%.0f s): %s",
+            trainer.current_epoch,
+            trainer.global_step,
+            seconds,
+            text,
+        )

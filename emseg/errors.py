@@ -20,3 +20,19 @@ class ConfigError(EmsegError):
 
 class WeightsError(EmsegError):
     """Pretrained encoder weights that cannot be found or loaded."""
+
+
+def find_user_error(error: BaseException) -> EmsegError | None:
+    """The :class:`EmsegError` behind ``error``, if any.
+
+    Hydra's ``instantiate`` wraps exceptions raised in constructors; the user-facing cause is
+    found by following ``__cause__`` / ``__context__``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EmsegError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

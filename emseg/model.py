@@ -64,15 +64,21 @@ def load_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_imagenet(model: nn.Module, encoder_name: str) -> None:
-    weights_model = None
+    hint = (
+        "Pass a local file (model.encoder_weights=/path/to/vgg16-397923af.pth) or train from "
+        "scratch (model.encoder_weights=null)"
+    )
+    if not imagenet_weights_reachable(encoder_name):  # fail in seconds, not after retries
+        raise WeightsError(
+            f"model.encoder_weights=imagenet: ImageNet weights for {encoder_name} are not in the "
+            f"Hugging Face cache and its hub is unreachable (offline). {hint}"
+        )
     try:
         weights_model = smp.Unet(encoder_name=encoder_name, encoder_weights="imagenet", classes=1)
     except Exception as err:  # network, hub or cache errors all mean the same to the user
         raise WeightsError(
             f"model.encoder_weights=imagenet: could not fetch ImageNet weights for "
-            f"{encoder_name} ({type(err).__name__}). Offline? Pass a local file "
-            "(model.encoder_weights=/path/to/vgg16-397923af.pth) or train from scratch "
-            "(model.encoder_weights=null)"
+            f"{encoder_name} ({type(err).__name__}). {hint}"
         ) from err
     model.encoder.load_state_dict(weights_model.encoder.state_dict())
 
@@ -115,19 +121,15 @@ def build_unet(
         log.info("encoder %s: ImageNet weights from smp's hub", encoder_name)
     elif pretrained:
         features = load_encoder_state_dict(encoder_weights)
+        stripped = {k.removeprefix("features."): v for k, v in features.items()}
         try:
-            result = model.encoder.load_state_dict(features, strict=False)
-        except RuntimeError as err:  # tensor shape mismatches
+            model.encoder.features.load_state_dict(stripped, strict=True)
+        except RuntimeError as err:  # missing/unexpected keys or tensor shape mismatches
+            detail = " ".join(str(err).split())[:300]
             raise WeightsError(
                 f"model.encoder_weights: {encoder_weights} does not fit a {encoder_name} "
-                f"encoder: {str(err).splitlines()[-1].strip()}"
+                f"encoder: {detail}"
             ) from err
-        missing = [k for k in result.missing_keys if k.startswith("features.")]
-        if missing or result.unexpected_keys:
-            raise WeightsError(
-                f"model.encoder_weights: {encoder_weights} does not fit a {encoder_name} encoder "
-                f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
-            )
         log.info("encoder %s: weights from %s", encoder_name, encoder_weights)
     model.encoder.set_in_channels(in_channels, pretrained=pretrained)
     return model

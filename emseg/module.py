@@ -100,8 +100,13 @@ class SegmentationModule(L.LightningModule):
         metrics.update(probs, target.long())
         on_step = stage == "train"
         self.log(
-            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-            batch_size=image.shape[0], sync_dist=not on_step,
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=image.shape[0],
+            sync_dist=not on_step,
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return {"loss": loss, "probs": probs}

@@ -21,8 +21,22 @@ def _channels_last(value: str | bool = "auto", precision: str = "32-true", accel
     return bool(value)
 
 
+def _run_dirname(overrides: str = "", job_num: int | str = 0, max_len: int = 120) -> str:
+    """A sweep run's directory name from its overrides (``loss=dice,optim=adagrad``).
+
+    Path separators are replaced (an override such as ``model.encoder_weights=/a/b.pth`` must
+    not create sub-directories), and long names are cut and suffixed with the job number so
+    they stay unique and below file-system limits.
+    """
+    name = str(overrides).replace("/", "_").replace("\\", "_") or f"job{job_num}"
+    if len(name) > max_len:
+        name = f"{name[:max_len]}...job{job_num}"
+    return name
+
+
 def register_resolvers() -> None:
-    """Register ``emseg_root``, ``emseg_precision`` and ``emseg_channels_last`` (idempotent)."""
+    """Register the ``emseg_*`` resolvers (idempotent)."""
     OmegaConf.register_new_resolver("emseg_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("emseg_precision", _precision, replace=True)
     OmegaConf.register_new_resolver("emseg_channels_last", _channels_last, replace=True)
+    OmegaConf.register_new_resolver("emseg_run_dirname", _run_dirname, replace=True)

@@ -23,7 +23,7 @@ from emseg.hardware import describe_hardware
 from emseg.module import SegmentationModule
 from emseg.resolvers import PROJECT_ROOT
 
-__all__ = ["run"]
+__all__ = ["build", "check_config", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 def _git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
             timeout=5,
         )
         return out.stdout.strip() or "unknown"
@@ -42,8 +45,11 @@ def _git_commit() -> str:
 def _choices() -> dict[str, str]:
     """Config-group choices (loss, optim, ...) when running under ``@hydra.main``."""
     if HydraConfig.initialized():
-        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
-                if not k.startswith("hydra") and v is not None}
+        return {
+            k: str(v)
+            for k, v in HydraConfig.get().runtime.choices.items()
+            if not k.startswith("hydra") and v is not None
+        }
     return {}
 
 
@@ -112,27 +118,12 @@ def _build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train (and optionally test) the configured model.
-
-    Args:
-        cfg: the composed ``conf/train.yaml``.
-
-    Returns:
-        Final metrics: last-epoch ``train/*`` and ``val/*`` values, the best validation
-        foreground IoU, and ``test/*`` of the best checkpoint when ``test_after_fit`` is set.
-    """
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
+    """Instantiate the data module, the LightningModule and the Trainer from ``cfg``."""
     check_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("seed") is not None:
-        L.seed_everything(int(cfg.seed), workers=True)
-    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
-
     optim_cfg, l2_last_two = _split_optimizer(cfg)
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model, in_channels=datamodule.in_channels)
-    precision = str(cfg.trainer.precision)
     module = SegmentationModule(
         net=net,
         loss=instantiate(cfg.loss),
@@ -146,20 +137,45 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers or False
     )
+    return datamodule, module, trainer
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train (and optionally test) the configured model.
+
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+
+    Returns:
+        Final metrics: last-epoch ``train/*`` and ``val/*`` values, the best validation
+        foreground IoU, and ``test/*`` of the best checkpoint when ``test_after_fit`` is set.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
+    datamodule, module, trainer = build(cfg)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     _record_environment(output_dir)
-    log.info("hardware: %s; precision %s; channels_last %s", describe_hardware(), precision,
-             cfg.channels_last)
+    precision = str(cfg.trainer.precision)
+    log.info(
+        "hardware: %s; precision %s; channels_last %s",
+        describe_hardware(),
+        precision,
+        cfg.channels_last,
+    )
     hparams = _hparams(cfg, precision)
-    for logger in loggers:
+    for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             # Registering the metric tags makes the hparams tab show their final values.
-            logger.log_hyperparams(hparams, metrics={"val/fg_iou": 0.0, "val/mean_iou": 0.0,
-                                                     "val/dice": 0.0, "val/acc": 0.0})
+            logger.log_hyperparams(
+                hparams,
+                metrics={"val/fg_iou": 0.0, "val/mean_iou": 0.0, "val/dice": 0.0, "val/acc": 0.0},
+            )
 
-    ckpt_path = cfg.get("ckpt_path")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -125,7 +125,10 @@ class EMDataModule(L.LightningDataModule):
             self.val_set = self._slices(image[split:], mask[split:])
             log.info(
                 "train: slices 0-%d of %s; validation: slices %d-%d (z-contiguous hold-out)",
-                split - 1, Path(hp.train_image).name, split, depth - 1,
+                split - 1,
+                Path(hp.train_image).name,
+                split,
+                depth - 1,
             )
         if stage in (None, "test") and self.test_set is None:
             self.test_set = self._slices(*read_pair(hp.test_image, hp.test_mask))

@@ -23,7 +23,9 @@ from emseg.resolvers import PROJECT_ROOT
 
 log = logging.getLogger("emseg.data.prepare")
 
-EPFL_URL = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus"
+EPFL_URL = (
+    "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus"
+)
 EPFL_FILES = ["training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif"]
 LUCCHIPP_PAGE = "https://sites.google.com/view/connectomics/"
 EXPECTED_SHAPE = (165, 768, 1024)
@@ -41,9 +43,12 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 def read_sums(path: Path) -> dict[str, str]:
     """Parse a ``sha256sum``-style file into {relative path: hex digest}."""
     sums = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
-            digest, name = line.split(maxsplit=1)
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise DataError(f"{path}: line {number} is not '<sha256>  <file>': {line!r}")
+            digest, name = parts
             sums[name.strip().lstrip("*")] = digest
     return sums
 

@@ -84,7 +84,9 @@ def train_transforms(
         steps.append(RandomRot90())
     if elastic_p > 0:
         steps.append(
-            v2.RandomApply([v2.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma)], p=elastic_p)
+            v2.RandomApply(
+                [v2.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma)], p=elastic_p
+            )
         )
     if brightness > 0 or contrast > 0:
         steps.append(RandomBrightnessContrast(brightness, contrast))

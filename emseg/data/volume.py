@@ -7,6 +7,7 @@ Axes are always ``(Z, Y, X)``; a single 2D image is read as a volume with one sl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +28,48 @@ def _read_tiff(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: is a directory, expected a TIFF file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+    # tifffile does not raise on a broken page chain (e.g. a truncated multi-page file): it logs
+    # an error and returns the pages it could read, so its error records are collected too.
+    errors = _ErrorRecords()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(errors)
     try:
         array = tifffile.imread(path)
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
         raise DataError(f"{path}: not a readable TIFF ({err})") from err
     except Exception as err:  # corrupt compressed strips surface as codec-specific errors
         raise DataError(f"{path}: corrupt TIFF data ({type(err).__name__}: {err})") from err
+    finally:
+        tiff_logger.removeHandler(errors)
+    if errors.messages:
+        raise DataError(f"{path}: corrupt or truncated TIFF ({errors.messages[0]})")
     return np.asarray(array)
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects the messages of ERROR (and worse) log records."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _as_zyx(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3:
-        hint = " (looks like RGB/multi-channel; convert it to grayscale)" if array.shape[-1] in (
-            3,
-            4,
-        ) else ""
+    if array.ndim != 3 or array.shape[-1] in (3, 4):  # (Y, X, 3|4) is RGB(A), not a volume
+        hint = (
+            " (looks like RGB/multi-channel; convert it to grayscale)"
+            if array.shape[-1]
+            in (
+                3,
+                4,
+            )
+            else ""
+        )
         raise DataError(
             f"{path}: {what} must be 2D (Y, X) or 3D (Z, Y, X), got shape {array.shape}{hint}"
         )

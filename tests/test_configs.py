@@ -1,0 +1,120 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from emseg.resolvers import PROJECT_ROOT
+from emseg.train import _split_optimizer
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert {"epfl", "lucchipp"} <= set(options("data"))
+    assert {"bce", "dice", "focal", "bce_dice"} <= set(options("loss"))
+    assert {"adam", "adagrad", "sgd"} <= set(options("optim"))
+    assert {"none", "cosine", "plateau"} <= set(options("scheduler"))
+    assert {"seed_report", "quick"} <= set(options("experiment"))
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_loss_instantiates_and_is_finite(tiny_cfg, name):
+    loss = instantiate(tiny_cfg(f"loss={name}").loss)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert torch.isfinite(loss(logits, target))
+
+
+@pytest.mark.parametrize("name", options("optim"))
+def test_optimizer_is_partial(tiny_cfg, name):
+    optim_cfg, l2 = _split_optimizer(tiny_cfg(f"optim={name}"))
+    factory = instantiate(optim_cfg)
+    assert isinstance(factory, functools.partial)
+    assert l2 == 0.0
+    optimizer = factory(params=[torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+def test_adam_default_lr_is_the_reports(tiny_cfg):
+    assert tiny_cfg().optim.lr == pytest.approx(1e-4)
+    assert tiny_cfg().optim._target_ == "torch.optim.Adam"
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_scheduler_instantiates(tiny_cfg, name):
+    node = tiny_cfg(f"scheduler={name}").scheduler
+    if not node:
+        assert name == "none"
+        return
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    instantiate(node)(optimizer=optimizer)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_instantiates(tiny_cfg, name):
+    datamodule = instantiate(tiny_cfg(f"data={name}").data)
+    datamodule.setup("fit")
+    image, mask = datamodule.train_set[0]
+    assert image.shape == (1, 64, 64) and mask.shape == (1, 64, 64)
+
+
+def test_lucchipp_uses_its_own_masks(tiny_cfg):
+    cfg = tiny_cfg("data=lucchipp")
+    assert "lucchipp/training_groundtruth.tif" in cfg.data.train_mask
+    assert "epfl/training.tif" in cfg.data.train_image
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_configs_compose(tiny_cfg, name):
+    cfg = tiny_cfg(f"trainer={name}")
+    assert cfg.trainer.precision in {"32-true", "bf16-mixed", "16-mixed"}
+    if name in {"default", "cpu"}:
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == 1
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiments_compose(tiny_cfg, name):
+    cfg = tiny_cfg(f"experiment={name}")
+    assert cfg.trainer.max_epochs >= 1
+
+
+def test_seed_report_is_the_reports_budget(tmp_path, synthetic_data_dir):
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=seed_report"], tmp_path, synthetic_data_dir)
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (25, 60)
+    assert cfg.loss._target_ == "torch.nn.BCEWithLogitsLoss"
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.model.encoder_name == "vgg16"
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_configs_compose(tmp_path, synthetic_data_dir, name):
+    from tests.conftest import compose_train
+
+    assert compose_train([f"debug={name}"], tmp_path, synthetic_data_dir).task_name == "debug"
+
+
+def test_callbacks_and_logger_instantiate(tiny_cfg):
+    cfg = tiny_cfg()
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
+    assert cfg.callbacks.model_checkpoint.monitor == "val/fg_iou"
+    logger = instantiate(cfg.logger.tensorboard)
+    assert type(logger).__name__ == "TensorBoardLogger"
+
+
+def test_model_config_builds_a_one_channel_unet(tiny_cfg):
+    net = instantiate(tiny_cfg().model, in_channels=1)
+    out = net(torch.zeros(1, 1, 64, 64))
+    assert out.shape == (1, 1, 64, 64)
