@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
@@ -99,21 +100,36 @@ class ValidationImageLogger(L.Callback):
 
 
 class EpochSummary(L.Callback):
-    """One log line per epoch (epoch, step, seconds, metrics), readable in nohup/SLURM logs
-    where the live progress bar is not rendered."""
+    """One log line per epoch (epoch, step, time, median seconds per training step, metrics),
+    readable in nohup/SLURM logs where the live progress bar is not rendered. The median step
+    time is also logged as ``perf/step_seconds``."""
 
     def __init__(self) -> None:
-        self._start = 0.0
+        self._epoch_start = 0.0
+        self._batch_start = 0.0
+        self._step_seconds: list[float] = []
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._epoch_start = time.perf_counter()
+        self._step_seconds = []
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._step_seconds.append(time.perf_counter() - self._batch_start)
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not self._step_seconds:
             return
-        seconds = time.perf_counter() - self._start
+        step = statistics.median(self._step_seconds)
+        pl_module.log("perf/step_seconds", step, on_epoch=True, rank_zero_only=True)
+        if not trainer.is_global_zero:
+            return
         shown = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
@@ -121,9 +137,10 @@ class EpochSummary(L.Callback):
         }
         text = " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
         log.info(
-            "epoch %d step %d (%.0f s): %s",
+            "epoch %d step %d (%.0f s, %.3f s/step): %s",
             trainer.current_epoch,
             trainer.global_step,
-            seconds,
+            time.perf_counter() - self._epoch_start,
+            step,
             text,
         )

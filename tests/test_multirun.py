@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from emseg.resolvers import PROJECT_ROOT
 from tests.conftest import TINY_OVERRIDES
@@ -52,6 +53,22 @@ def test_user_sweep_makes_four_runs(tmp_path, synthetic_data_dir):
         assert "val/fg_iou" in accumulator.Tags()["scalars"]
         assert "train/loss_epoch" in accumulator.Tags()["scalars"]
         assert "val/examples" in accumulator.Tags()["images"]
+        assert (
+            "lr-Adam" in accumulator.Tags()["scalars"]
+            or "lr-Adagrad" in accumulator.Tags()["scalars"]
+        )
+        hparams = accumulator.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            hparams["_hparams_/session_start_info"]
+        ).session_start_info.hparams
+        assert start["loss"].string_value in run.name and start["optim"].string_value in run.name
+        assert start["lr"].number_value > 0
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            hparams["_hparams_/experiment"]
+        ).experiment
+        assert "val/fg_iou" in {m.name.tag for m in experiment.metric_infos}
+        # no placeholder value at step 0: the first val/fg_iou point is a real validation
+        assert accumulator.Scalars("val/fg_iou")[0].step > 0
     hparams_files = list(sweep_dir.rglob("events.out.tfevents.*"))
     assert len(hparams_files) >= 4
     assert Path(sweep_dir / "multirun.yaml").exists()

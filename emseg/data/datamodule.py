@@ -8,6 +8,7 @@ hold-out would leak the training data into validation.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class EMDataModule(L.LightningDataModule):
         val_batch_size: whole slices per validation/test batch.
         train_transform: joint v2 augmentation (see :mod:`emseg.data.transforms`).
         pin_memory: pin host memory (useful with CUDA).
+        multiprocessing_context: start method of loader workers; ``None`` picks ``fork`` where
+            the process default is something else but fork exists (joblib's loky workers use
+            spawn-like starts, under which the workers fail to start).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class EMDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         train_transform: Callable | None = None,
         pin_memory: bool = False,
+        multiprocessing_context: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in {
@@ -148,7 +153,16 @@ class EMDataModule(L.LightningDataModule):
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
             drop_last=shuffle,
+            multiprocessing_context=self._worker_context() if workers > 0 else None,
         )
+
+    def _worker_context(self) -> str | None:
+        if self.hparams.multiprocessing_context is not None:
+            return self.hparams.multiprocessing_context
+        current = multiprocessing.get_start_method(allow_none=True)
+        if current not in (None, "fork") and "fork" in multiprocessing.get_all_start_methods():
+            return "fork"
+        return None
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
