@@ -156,6 +156,31 @@ def _build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
+def _checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from, checked before any work is done.
+
+    ``ckpt_path``: an explicit file, or ``last`` (Lightning's newest checkpoint of this run).
+    ``resume: true``: continue from ``<output_dir>/checkpoints/last.ckpt`` when it exists,
+    which makes a re-launched sweep with a fixed ``hydra.sweep.dir`` pick up where it stopped.
+    """
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if cfg.get("resume") and last.is_file() else None
+    if ckpt == "last":
+        return "last"
+    path = Path(str(ckpt))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        raise ConfigError(f"ckpt_path: {path} is not a readable checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path: {path} is not a Lightning checkpoint (no state_dict)")
+    return str(path)
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
     """Instantiate the data module, the LightningModule and the Trainer from ``cfg``."""
     check_config(cfg)
@@ -190,6 +215,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    done = output_dir / "metrics.json"
+    if cfg.get("resume") and done.is_file():
+        log.info("%s exists: run already complete, nothing to resume", done)
+        return json.loads(done.read_text())["metrics"]
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
@@ -209,8 +238,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             _log_hparams(logger, hparams)
 
+    ckpt_path = _checkpoint_to_resume(cfg, output_dir)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RuntimeError as err:
+        if ckpt_path and "state_dict" in str(err):  # checkpoint of another model
+            raise ConfigError(f"ckpt_path: {ckpt_path} does not fit this model ({err})") from err
+        raise
     fit_seconds = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

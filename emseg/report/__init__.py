@@ -1,0 +1,1 @@
+"""Reports built from finished runs (curves from TensorBoard event files, tables, figures)."""
