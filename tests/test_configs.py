@@ -118,3 +118,24 @@ def test_model_config_builds_a_one_channel_unet(tiny_cfg):
     net = instantiate(tiny_cfg().model, in_channels=1)
     out = net(torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("name", options("ablation"))
+def test_ablations_compose_and_differ_from_baseline_only_where_named(tiny_cfg, name):
+    cfg = tiny_cfg(f"ablation={name}")
+    changed = {
+        "dice": cfg.loss._target_.endswith("DiceLoss"),
+        "focal": cfg.loss._target_.endswith("FocalLoss"),
+        "adagrad": cfg.optim._target_ == "torch.optim.Adagrad",
+        "sgd": cfg.optim._target_ == "torch.optim.SGD",
+        "l2": cfg.optim.l2_last_two > 0,
+    }
+    assert [k for k, v in changed.items() if v] == ([] if name == "baseline" else [name])
+
+
+@pytest.mark.parametrize(("name", "steps"), [("full", (25, 60)), ("cpu", (20, 40))])
+def test_budgets(tmp_path, synthetic_data_dir, name, steps):
+    from tests.conftest import compose_train
+
+    cfg = compose_train([f"budget={name}"], tmp_path, synthetic_data_dir)
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == steps
