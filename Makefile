@@ -43,7 +43,19 @@ sweep: data ## the 2 x 2 ablation: loss=bce,dice x optim=adam,adagrad (ARGS= for
 reproduce-report: data ## train + evaluate the report's runs and ablations, then build the report (BUDGET=cpu|full)
 	$(PY) train.py -m experiment=seed_report ablation=$(ABLATIONS) budget=$(BUDGET) \
 		model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
-		hydra.sweep.dir=$(REPORT_RUNS) hydra.sweep.subdir='$${hydra.runtime.choices.ablation}' $(ARGS)
+		hydra.sweep.dir=$(REPORT_RUNS) hydra.sweep.subdir='$${hydra.runtime.choices.ablation}' \
+		test_after_fit=false $(ARGS)
+	@set -e; for run in $(REPORT_RUNS)/*/; do \
+	  ckpt=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
+	  if [ ! -f $$run/eval/metrics.json ]; then \
+	    save=false; [ "$$(basename $$run)" = baseline ] && save=true; \
+	    $(PY) eval.py ckpt_path=$$ckpt save_predictions=$$save progress=false hydra.run.dir=$$run/eval; \
+	  fi; \
+	  if [ "$$(basename $$run)" = baseline ] && [ ! -f $$run/eval_naive/metrics.json ]; then \
+	    $(PY) eval.py ckpt_path=$$ckpt inference=naive save_predictions=true progress=false \
+	      hydra.run.dir=$$run/eval_naive; \
+	  fi; \
+	done
 	$(MAKE) report BUDGET=$(BUDGET)
 
 report: $(STAMP) ## rebuild the report from existing run directories (no training)
