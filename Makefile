@@ -17,7 +17,7 @@ ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 # that re-running the target resumes unfinished runs and skips finished ones.
 BUDGET ?= cpu
 ABLATIONS ?= baseline,dice,adagrad,l2,focal,sgd
-REPORT_RUNS := outputs/reproduce/$(BUDGET)
+REPORT_RUNS ?= outputs/reproduce/$(BUDGET)
 REPORT_DIR ?= experiments/reproduce_report_$(BUDGET)
 
 help: ## list the targets
