@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -22,106 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware
 from emseg.module import SegmentationModule
-from emseg.resolvers import PROJECT_ROOT
+from emseg.records import log_hparams, record_environment, run_hparams
 
 __all__ = ["build", "check_config", "run"]
 
 log = logging.getLogger(__name__)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _choices() -> dict[str, str]:
-    """Config-group choices (loss, optim, ...) when running under ``@hydra.main``."""
-    if HydraConfig.initialized():
-        return {
-            k: str(v)
-            for k, v in HydraConfig.get().runtime.choices.items()
-            if not k.startswith("hydra") and v is not None
-        }
-    return {}
-
-
-def _target_name(node: Any) -> str:
-    if isinstance(node, DictConfig) and "_target_" in node:
-        return str(node._target_).rsplit(".", 1)[-1]
-    return "none"
-
-
-def _hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
-    """The scalar hyper-parameters shown in TensorBoard's hparams tab."""
-    choices = _choices()
-    return {
-        "loss": choices.get("loss", _target_name(cfg.loss)),
-        "optim": choices.get("optim", _target_name(cfg.optim)),
-        "lr": float(cfg.optim.lr),
-        "weight_decay": float(cfg.optim.get("weight_decay", 0.0)),
-        "l2_last_two": float(cfg.optim.get("l2_last_two", 0.0)),
-        "scheduler": choices.get("scheduler", _target_name(cfg.scheduler)),
-        "data": choices.get("data", Path(str(cfg.data.train_mask)).parent.name),
-        "patch_size": int(cfg.data.patch_size),
-        "batch_size": int(cfg.data.batch_size),
-        "context": int(cfg.data.context),
-        "max_epochs": int(cfg.trainer.max_epochs),
-        "steps_per_epoch": str(cfg.trainer.limit_train_batches),
-        "precision": precision,
-        "encoder_weights": str(cfg.model.encoder_weights),
-        "seed": -1 if cfg.get("seed") is None else int(cfg.seed),
-    }
-
-
-HPARAM_METRICS = [
-    f"{stage}/{name}" for stage in ("val", "test") for name in ("fg_iou", "mean_iou", "dice", "acc")
-]
-
-
-def _log_hparams(logger: TensorBoardLogger, hparams: dict[str, Any]) -> None:
-    """Write the hparams-tab summary listing ``HPARAM_METRICS`` as its metric columns.
-
-    Unlike ``TensorBoardLogger.log_hyperparams(params, metrics)`` this logs no placeholder
-    metric values, which would add a false point at step 0 to every curve; the table shows
-    the last logged value of each tag.
-    """
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    summaries = hparams_summary(hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
-    writer = logger.experiment._get_file_writer()
-    for summary in summaries:
-        writer.add_summary(summary)
-
-
-def _record_environment(output_dir: Path) -> None:
-    """Write what is needed to rerun this run exactly: command, commit, versions, hardware."""
-    import hydra
-    import segmentation_models_pytorch as smp
-    import torchmetrics
-
-    record = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git_commit": _git_commit(),
-        "python": platform.python_version(),
-        "packages": {
-            "torch": torch.__version__,
-            "lightning": L.__version__,
-            "hydra-core": hydra.__version__,
-            "segmentation-models-pytorch": smp.__version__,
-            "torchmetrics": torchmetrics.__version__,
-        },
-        "hardware": describe_hardware(),
-    }
-    (output_dir / "environment.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _configure_threads(cfg: DictConfig) -> None:
@@ -225,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _configure_threads(cfg)
     datamodule, module, trainer = build(cfg)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    _record_environment(output_dir)
+    record_environment(output_dir)
     precision = str(cfg.trainer.precision)
     log.info(
         "hardware: %s; precision %s; channels_last %s",
@@ -233,10 +134,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         precision,
         cfg.channels_last,
     )
-    hparams = _hparams(cfg, precision)
+    hparams = run_hparams(cfg, precision)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            _log_hparams(logger, hparams)
+            log_hparams(logger, hparams)
 
     ckpt_path = _checkpoint_to_resume(cfg, output_dir)
     if ckpt_path:
