@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
 from emseg.errors import EmsegError
+from emseg.inference.sliding_window import pad_to_multiple
 from emseg.metrics import segmentation_metrics
 from emseg.optim import param_groups
 
@@ -20,20 +19,6 @@ __all__ = ["SegmentationModule"]
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad ``(N, C, Y, X)`` so Y and X are multiples of ``multiple`` (the U-Net stride).
-
-    Returns the padded tensor and the original ``(Y, X)`` to crop the output back to.
-    """
-    height, width = x.shape[-2:]
-    pad_y = math.ceil(height / multiple) * multiple - height
-    pad_x = math.ceil(width / multiple) * multiple - width
-    if pad_y or pad_x:
-        mode = "reflect" if pad_y < height and pad_x < width else "replicate"
-        x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
-    return x, (height, width)
 
 
 class SegmentationModule(L.LightningModule):

@@ -1,0 +1,224 @@
+"""Rebuild the network and its input preprocessing from an emseg checkpoint alone.
+
+``train.py`` stores the resolved run configuration in every checkpoint (``emseg_config``), so
+the model architecture, the number of input channels (2.5D context) and the intensity
+normalisation come from the checkpoint, never from the user. Encoder weights are never
+downloaded here: the network is built with ``encoder_weights=None`` and then receives the
+trained state dict.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from emseg.data.volume import to_unit_float
+from emseg.errors import EmsegError
+
+__all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+_NET_PREFIX = "net."
+# Only emseg's own factories may be called from a checkpoint's config: a checkpoint is data,
+# and `_target_` would otherwise let a crafted file call any importable function.
+_ALLOWED_TARGET_PREFIX = "emseg."
+
+
+class CheckpointError(EmsegError):
+    """A checkpoint that is missing, unreadable, or was not written by emseg's ``train.py``."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The input normalisation used in training.
+
+    Attributes:
+        context: neighbouring slices on each side stacked as channels (0 = plain 2D).
+        mean, std: statistics of the [0, 1]-scaled training volume.
+    """
+
+    context: int
+    mean: float
+    std: float
+
+    @property
+    def in_channels(self) -> int:
+        """``2 * context + 1`` network input channels."""
+        return 2 * self.context + 1
+
+    def __call__(self, slices: np.ndarray) -> np.ndarray:
+        """Normalise raw slices: ``(to_unit_float(x) - mean) / std``.
+
+        Args:
+            slices: uint8/uint16/float ``(..., Y, X)``; integers are scaled by their dtype's
+                maximum, floats are taken as already in [0, 1].
+
+        Returns:
+            float32 array of the same shape.
+        """
+        return (to_unit_float(slices) - np.float32(self.mean)) / np.float32(self.std)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the network in eval mode, its preprocessing and its run config."""
+
+    net: nn.Module
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    path: Path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(f"ckpt_path: {path} not found")
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path: {path} is a directory, expected a .ckpt file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"ckpt_path: {path} is empty")
+    try:
+        # weights_only: a checkpoint is untrusted data; emseg's hold only tensors and plain types.
+        # mmap (zip checkpoints, i.e. all recent ones): only the network's tensors are read,
+        # not the optimizer state (3x their size).
+        mmap = zipfile.is_zipfile(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # zip, pickle and unpickling-policy errors all mean "unreadable"
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        if isinstance(err, pickle.UnpicklingError):  # torch's message suggests unsafe loading
+            reason = "corrupt, or holds objects other than tensors and plain data"
+        raise CheckpointError(
+            f"ckpt_path: {path} is not a readable PyTorch checkpoint ({reason})"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"ckpt_path: {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def _check_targets(node: Any, path: Path) -> None:
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(_ALLOWED_TARGET_PREFIX):
+            raise CheckpointError(
+                f"ckpt_path: {path} names model factory {target!r}; only emseg.* factories "
+                "are built from checkpoints"
+            )
+        for value in node.values():
+            _check_targets(value, path)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _check_targets(value, path)
+
+
+def _preprocessing(config: Mapping[str, Any], path: Path) -> Preprocessing:
+    data = config.get("data")
+    if not isinstance(data, Mapping) or not {"mean", "std", "context"} <= set(data):
+        raise CheckpointError(
+            f"ckpt_path: {path} has no data.mean / data.std / data.context in its emseg_config"
+        )
+    try:
+        pre = Preprocessing(int(data["context"]), float(data["mean"]), float(data["std"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"ckpt_path: {path} has invalid data settings ({err})") from err
+    if pre.context < 0 or not pre.std > 0:
+        raise CheckpointError(
+            f"ckpt_path: {path} has invalid normalisation: context {pre.context}, std {pre.std}"
+        )
+    return pre
+
+
+def _instantiate(model_cfg: dict[str, Any], in_channels: int, path: Path) -> nn.Module:
+    try:
+        return instantiate(model_cfg, encoder_weights=None, in_channels=in_channels)
+    except Exception as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"ckpt_path: cannot rebuild the model described in {path} ({detail})"
+        ) from err
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, assign: bool) -> None:
+    try:
+        net.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"ckpt_path: {path} weights do not fit the model in its config: {detail}"
+        ) from err
+
+
+def _build(
+    model_cfg: dict[str, Any], in_channels: int, state: dict[str, torch.Tensor], path: Path
+) -> nn.Module:
+    """The network with ``state`` loaded, built on the meta device to skip random init (~1 s)."""
+    with torch.device("meta"):
+        net = _instantiate(model_cfg, in_channels, path)
+    _load_state(net, state, path, assign=True)
+    tensors = itertools.chain(net.parameters(), net.buffers())
+    if any(tensor.is_meta for tensor in tensors):  # a tensor the state dict does not hold
+        net = _instantiate(model_cfg, in_channels, path)
+        _load_state(net, state, path, assign=False)
+    return net
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load the network and preprocessing from a checkpoint written by ``train.py``.
+
+    Args:
+        path: a Lightning ``.ckpt`` whose ``state_dict`` holds the network under ``net.`` and
+            whose ``emseg_config`` is the resolved training config.
+        device: where to put the network.
+
+    Returns:
+        The network (eval mode, gradients off, float32) with its preprocessing and config.
+
+    Raises:
+        CheckpointError: the file is missing, empty, unreadable, lacks ``emseg_config``, or
+            its weights do not fit the model its config describes.
+    """
+    path = Path(path)
+    checkpoint = _read(path)
+    config = checkpoint.get("emseg_config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"ckpt_path: {path} has no emseg_config: it was not written by emseg's train.py "
+            "(or by a version that did not store its configuration)"
+        )
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, Mapping) or "_target_" not in model_cfg:
+        raise CheckpointError(f"ckpt_path: {path} has no model._target_ in its emseg_config")
+    _check_targets(model_cfg, path)
+    pre = _preprocessing(config, path)
+    # Copies, so that the network does not depend on the memory-mapped file (which a running
+    # training may overwrite).
+    state = {
+        key[len(_NET_PREFIX) :]: value.clone()
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(_NET_PREFIX)
+    }
+    del checkpoint
+    if not state:
+        raise CheckpointError(f"ckpt_path: {path} has no network weights (no 'net.*' keys)")
+    net = _build(dict(model_cfg), pre.in_channels, state, path)
+    net = net.float().eval().requires_grad_(False).to(device)
+    log.info(
+        "checkpoint %s: %s, %d input channel(s) (context %d), mean %.4g, std %.4g",
+        path,
+        model_cfg.get("encoder_name", model_cfg["_target_"]),
+        pre.in_channels,
+        pre.context,
+        pre.mean,
+        pre.std,
+    )
+    return Checkpoint(net=net, preprocessing=pre, config=dict(config), path=path)

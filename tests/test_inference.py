@@ -1,0 +1,425 @@
+"""Sliding-window inference, TTA, slice streaming, post-processing and volume metrics.
+
+No checkpoint is needed here: dummy networks (identity, 3x3 convolutions) whose exact output
+is known stand in for the U-Net.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+from torch import nn
+
+from emseg.errors import ConfigError, DataError
+from emseg.evaluate import METRIC_KEYS, VolumeScores, edge_band_mask, evaluate_volume
+from emseg.hardware import auto_precision
+from emseg.inference import (
+    Preprocessing,
+    TiffSlices,
+    VolumePredictor,
+    apply_tta,
+    predict_slice,
+    resolve_device,
+    resolve_precision,
+    tta_transforms,
+)
+from emseg.inference.sliding_window import gaussian_weights, pad_border
+from emseg.metrics import ThresholdSweep, binary_scores
+from emseg.postprocess import (
+    check_postprocess_args,
+    median_filter_slices,
+    median_filter_volume,
+    remove_small_components,
+)
+
+
+def conv3x3(weight: torch.Tensor) -> nn.Conv2d:
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(1, 1, 3, 3))
+    return conv.eval().requires_grad_(False)
+
+
+class CountingModel(nn.Module):
+    """Identity that records the batch shapes it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return x[:, :1]
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return torch.randn(1, 150, 173, generator=torch.Generator().manual_seed(0))
+
+
+# --- test-time augmentation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["none", "flips", "d4"])
+def test_tta_pairs_invert_each_other(mode):
+    x = torch.randn(2, 3, 5, 7)  # non-square: rotations swap the axes
+    transforms = tta_transforms(mode)
+    assert len(transforms) == {"none": 1, "flips": 4, "d4": 8}[mode]
+    for t in transforms:
+        assert torch.equal(t.inverse(t.forward(x)), x), t.name
+
+
+def test_d4_has_eight_distinct_elements():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    images = {tuple(t.forward(x).flatten().tolist()) for t in tta_transforms("d4")}
+    assert len(images) == 8
+
+
+def test_unknown_tta_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="inference.tta"):
+        tta_transforms("rot45")
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_tta_of_an_equivariant_model_equals_no_tta(image, tta):
+    model = conv3x3(torch.tensor([[1.0, 2, 1], [2, -12, 2], [1, 2, 1]]))  # D4-symmetric kernel
+    kwargs = {"tile_size": 64, "overlap": 0.25, "border_pad": 8}
+    plain = predict_slice(model, image, **kwargs)
+    augmented = predict_slice(model, image, tta=tta, **kwargs)
+    torch.testing.assert_close(augmented, plain, atol=1e-6, rtol=0)
+
+
+def test_tta_changes_a_non_equivariant_model(image):
+    model = conv3x3(
+        torch.tensor([[0.0, 0, 0], [0, 0, 3], [0, 0, 0]])
+    )  # shift: not flip-equivariant
+    x = image[None]
+    assert not torch.allclose(apply_tta(model, x, "flips"), model(x))
+
+
+# --- sliding window -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant", "naive"])
+@pytest.mark.parametrize(
+    ("tile", "pad", "padding_mode"), [(64, 16, "reflect"), (48, 0, "constant")]
+)
+def test_identity_model_is_reproduced_exactly(image, mode, tile, pad, padding_mode):
+    out = predict_slice(
+        nn.Identity(),
+        image,
+        tile_size=tile,
+        mode=mode,
+        border_pad=pad,
+        padding_mode=padding_mode,
+    )
+    assert out.shape == image.shape[1:] and out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.sigmoid(image[0]), atol=1e-6, rtol=0)
+
+
+def test_blended_windows_match_a_whole_image_forward_away_from_the_border(image):
+    """A 3x3 convolution is translation-equivariant: only tile edges (zero padding) differ."""
+    model = conv3x3(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))
+    whole = torch.sigmoid(model(image[None]))[0, 0]
+    inner = (slice(4, -4), slice(4, -4))
+    errors = {}
+    for mode in ("gaussian", "naive"):
+        out = predict_slice(model, image, tile_size=64, overlap=0.25, mode=mode, border_pad=0)
+        errors[mode] = float((out - whole)[inner].abs().max())
+    assert errors["gaussian"] < 0.01, errors
+    # Disjoint tiles keep the tile-edge errors: blending is what removes them.
+    assert errors["naive"] > 0.2, errors
+
+
+def test_a_tile_covering_the_slice_is_a_single_forward():
+    model = CountingModel()
+    out = predict_slice(model, torch.zeros(1, 96, 130), tile_size=512, border_pad=16)
+    assert out.shape == (96, 130)
+    assert model.shapes == [(1, 1, 128, 192)]  # (96 + 32, 130 + 32) padded to multiples of 32
+
+
+def test_naive_mode_cuts_disjoint_tiles():
+    model = CountingModel()
+    predict_slice(model, torch.zeros(1, 100, 130), tile_size=64, mode="naive", border_pad=0)
+    # 100 x 130 is extended to 128 x 192: 2 x 3 disjoint tiles.
+    assert sum(shape[0] for shape in model.shapes) == 6
+
+
+def test_gaussian_weights_peak_in_the_centre_and_stay_positive():
+    weights = gaussian_weights((64, 64), 0.125)
+    assert float(weights.max()) == pytest.approx(1.0, abs=1e-3)
+    assert float(weights.min()) > 0
+    assert torch.equal(weights, weights.flip(0)) and torch.equal(weights, weights.T)
+    assert float(weights[0, 32]) < 1e-3  # the tile edge barely counts (sigma = tile / 8)
+
+
+def test_reflect_padding_wider_than_the_image_matches_numpy():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    padded = pad_border(x, (9, 2, 7, 1), "reflect")
+    expected = np.pad(x.numpy()[0, 0], ((7, 1), (9, 2)), mode="reflect")
+    np.testing.assert_array_equal(padded[0, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"overlap": 1.0}, "inference.overlap"),
+        ({"mode": "max"}, "inference.mode"),
+        ({"tta": "rot"}, "inference.tta"),
+        ({"tile_size": 0}, "inference.tile_size"),
+        ({"padding_mode": "mirror"}, "inference.padding_mode"),
+        ({"sw_batch_size": 0}, "inference.sw_batch_size"),
+        ({"border_pad": -1}, "inference.border_pad"),
+    ],
+)
+def test_invalid_window_settings_name_their_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        predict_slice(nn.Identity(), torch.zeros(1, 8, 8), **kwargs)
+
+
+def test_precision_and_device_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == auto_precision("cpu")
+    assert resolve_precision("32-true", cpu) == "32-true"
+    with pytest.raises(ConfigError, match="inference.precision"):
+        resolve_precision("8-bit", cpu)
+    assert resolve_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# --- volume streaming ---------------------------------------------------------------------------
+
+
+class FirstChannel(nn.Module):
+    """Logit = the first input channel: shows which neighbour slice came first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1]
+
+
+class Source:
+    """A (Z, Y, X) volume that records which slices were read."""
+
+    def __init__(self, volume: np.ndarray) -> None:
+        self.volume, self.reads = volume, []
+
+    def __len__(self) -> int:
+        return len(self.volume)
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        self.reads.append(z)
+        return self.volume[z]
+
+
+def _predictor(model: nn.Module, pre: Preprocessing, **kwargs) -> VolumePredictor:
+    return VolumePredictor(model, pre, precision="32-true", device="cpu", **kwargs)
+
+
+def test_2p5d_context_stacks_clamped_neighbours_and_reads_each_slice_once():
+    depth = 5
+    volume = np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None] / 10, (depth, 8, 8))
+    source = Source(volume)
+    predictor = _predictor(FirstChannel(), Preprocessing(context=2, mean=0.0, std=1.0))
+    probs = [p[0, 0] for p in predictor.predict(source)]
+    first_neighbour = np.clip(np.arange(depth) - 2, 0, depth - 1) / 10
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-first_neighbour)), rtol=1e-6)
+    assert source.reads == list(range(depth))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_slices_are_normalised_like_training(dtype):
+    rng = np.random.default_rng(0)
+    unit = rng.random((2, 16, 20)).astype(np.float32)
+    volume = unit if dtype == np.float32 else (unit * np.iinfo(dtype).max).astype(dtype)
+    pre = Preprocessing(context=0, mean=0.5, std=0.25)
+    probs = np.stack(list(_predictor(nn.Identity(), pre).predict(volume)))
+    scaled = volume / np.iinfo(dtype).max if dtype != np.float32 else volume
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-(scaled - 0.5) / 0.25)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "paged"),
+    [
+        ((5, 12, 10), {}, True),
+        ((12, 10), {}, True),
+        ((1, 12, 10), {}, True),
+        ((5, 12, 10), {"compression": "zlib"}, True),
+        # tifffile stores a (3|4, Y, X) stack as planar samples of one page: memory-mapped.
+        ((4, 12, 10), {}, False),
+    ],
+)
+def test_tiff_slices_reads_page_by_page(tmp_path, shape, kwargs, paged):
+    data = np.random.default_rng(0).integers(0, 65535, shape, dtype=np.uint16)
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    with TiffSlices(path) as slices:
+        assert slices.ndim == len(shape) and len(slices) == (shape[0] if len(shape) == 3 else 1)
+        assert (slices._array is None) == paged  # pages, not the whole file
+        read = np.stack([slices[z] for z in range(len(slices))])
+    np.testing.assert_array_equal(read, data.reshape(-1, 12, 10))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.zeros((8, 9, 3), np.uint8), "RGB"),
+        (np.zeros((2, 2, 8, 9), np.uint8), "2D .* or 3D"),
+        (np.zeros((2, 8, 9), np.int16), "unsupported image dtype"),
+    ],
+)
+def test_tiff_slices_rejects_unusable_images(tmp_path, data, message):
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, data)
+    with pytest.raises(DataError, match=message):
+        TiffSlices(path)
+
+
+def test_tiff_slices_rejects_missing_empty_and_non_tiff_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        TiffSlices(tmp_path / "missing.tif")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        TiffSlices(tmp_path / "empty.tif")
+    (tmp_path / "text.tif").write_text("not an image")
+    with pytest.raises(DataError, match="not a readable TIFF"):
+        TiffSlices(tmp_path / "text.tif")
+
+
+# --- post-processing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+@pytest.mark.parametrize("size", [3, 5])
+def test_streamed_median_equals_scipy_on_the_whole_volume(depth, size):
+    volume = np.random.default_rng(depth).random((depth, 11, 13)).astype(np.float32)
+    expected = ndimage.median_filter(volume, size=size, mode="nearest")
+    np.testing.assert_array_equal(median_filter_volume(volume, size), expected)
+    np.testing.assert_array_equal(np.stack(list(median_filter_slices(iter(volume), 0))), volume)
+
+
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+@pytest.mark.parametrize("min_size", [2, 6, 30])
+def test_streamed_component_removal_equals_3d_labelling(connectivity, min_size):
+    mask = np.random.default_rng(min_size).random((6, 24, 25)) < 0.3
+    labels, _ = ndimage.label(mask, ndimage.generate_binary_structure(3, connectivity))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    np.testing.assert_array_equal(
+        remove_small_components(mask, min_size, connectivity), keep[labels].astype(np.uint8)
+    )
+
+
+def test_component_removal_hand_case():
+    mask = np.zeros((3, 7, 7), np.uint8)
+    mask[0, 0, 6] = 1  # 1 voxel: removed
+    mask[0:3, 5, 5] = 1  # 3 voxels through z: kept with min_size 3
+    mask[1, 1, 1] = mask[2, 2, 2] = 1  # two voxels touching by a corner only
+    kept = remove_small_components(mask, 3, connectivity=1)
+    assert kept.sum() == 3 and kept[:, 5, 5].all()
+    assert remove_small_components(mask, 3, connectivity=3)[[1, 2], [1, 2], [1, 2]].sum() == 0
+    assert remove_small_components(mask, 2, connectivity=3)[[1, 2], [1, 2], [1, 2]].sum() == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [((2, 0, 1), "median_size"), ((3, -1, 1), "min_size"), ((3, 0, 4), "connectivity")],
+)
+def test_invalid_postprocess_settings(args, key):
+    with pytest.raises(ConfigError, match=f"postprocess.{key}"):
+        check_postprocess_args(*args)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_binary_scores_hand_computed():
+    scores = binary_scores(tp=2, fp=1, tn=4, fn=3)
+    assert scores == pytest.approx(
+        {
+            "accuracy": 6 / 10,
+            "fg_iou": 2 / 6,
+            "bg_iou": 4 / 8,
+            "mean_iou": (2 / 6 + 4 / 8) / 2,
+            "dice": 4 / 8,
+            "precision": 2 / 3,
+            "recall": 2 / 5,
+        }
+    )
+
+
+def test_binary_scores_of_empty_classes():
+    assert set(binary_scores(0, 0, 10, 0).values()) == {1.0}  # nothing to find, nothing found
+    missed = binary_scores(0, 0, 10, 4)  # nothing predicted, 4 missed
+    assert missed["precision"] == 0.0 and missed["recall"] == 0.0 and missed["fg_iou"] == 0.0
+
+
+def test_threshold_sweep_hand_computed():
+    sweep = ThresholdSweep([0.25, 0.5, 0.75])
+    sweep.update(torch.tensor([0.1, 0.5, 0.6, 0.8, 0.3]), torch.tensor([0, 1, 1, 1, 0]))
+    thresholds, iou = sweep.compute()
+    # > 0.25: TP 3, FP 1 -> 3/4; > 0.5: TP 2, FN 1 -> 2/3 (0.5 itself is background); > 0.75: 1/3
+    np.testing.assert_allclose(iou.numpy(), [3 / 4, 2 / 3, 1 / 3])
+
+
+def test_edge_band_mask():
+    band = edge_band_mask(6, 7, 2)
+    assert band.sum() == 6 * 7 - 2 * 3 and not band[2:4, 2:5].any()
+    assert edge_band_mask(6, 7, 0).sum() == 0 and edge_band_mask(6, 7, 10).all()
+
+
+def test_edge_and_interior_iou_hand_computed():
+    target = np.zeros((1, 6, 6), np.uint8)
+    pred = np.zeros((1, 6, 6), np.float32)
+    target[0, 0, 0:3] = 1  # edge: 3 target pixels, 2 found and 1 false positive
+    pred[0, 0, 1:4] = 1
+    target[0, 2:4, 2:4] = 1  # interior (band 2): 4 target pixels, all found
+    pred[0, 2:4, 2:4] = 1
+    metrics, counts = evaluate_volume(iter(pred), target, edge_band=2)
+    assert counts["edge"] == {"tp": 2, "fp": 1, "tn": 28, "fn": 1}
+    assert counts["interior"] == {"tp": 4, "fp": 0, "tn": 0, "fn": 0}
+    assert metrics["edge_fg_iou"] == pytest.approx(2 / 4)
+    assert metrics["interior_fg_iou"] == 1.0
+    assert metrics["fg_iou"] == pytest.approx(6 / 8)
+    assert metrics["precision"] == pytest.approx(6 / 7) and metrics["recall"] == pytest.approx(
+        6 / 7
+    )
+
+
+def test_a_perfect_prediction_scores_one_everywhere():
+    target = (np.random.default_rng(0).random((3, 40, 50)) < 0.2).astype(np.uint8)
+    metrics, _ = evaluate_volume(iter(target.astype(np.float32)), target, edge_band=8)
+    assert set(metrics) == set(METRIC_KEYS)
+    scores = {k: v for k, v in metrics.items() if k != "best_threshold"}
+    assert scores == pytest.approx(dict.fromkeys(scores, 1.0))
+
+
+def test_metrics_pool_counts_over_the_volume():
+    target = np.zeros((2, 4, 4), np.uint8)
+    target[0, :, :2] = 1  # slice 0: 8 fg, predicted exactly (IoU 1)
+    target[1, 0, 0] = 1  # slice 1: 1 fg pixel, missed, 1 FP (IoU 0)
+    pred = target.astype(np.float32)
+    pred[1, 0, 0], pred[1, 3, 3] = 0.0, 1.0
+    metrics, _ = evaluate_volume(iter(pred), target, edge_band=1)
+    assert metrics["fg_iou"] == pytest.approx(8 / 10)  # a mean of slices would give 0.5
+
+
+def test_min_size_filters_before_counting():
+    target = np.zeros((2, 8, 8), np.uint8)
+    target[:, 2:5, 2:5] = 1
+    pred = target.astype(np.float32)
+    pred[0, 7, 7] = 0.9  # an isolated false positive voxel
+    raw, _ = evaluate_volume(iter(pred), target)
+    filtered, _ = evaluate_volume(iter(pred), target, min_size=2)
+    assert raw["precision"] < 1.0 and filtered["precision"] == 1.0
+
+
+def test_volume_scores_reject_a_negative_band():
+    with pytest.raises(ConfigError, match="edge_band"):
+        VolumeScores(edge_band=-1)
