@@ -9,7 +9,7 @@ ARGS ?=
 ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train sweep tensorboard test test-all lint fmt clean-outputs \
+.PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
 	reproduce-report report
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
@@ -60,6 +60,12 @@ reproduce-report: data ## train + evaluate the report's runs and ablations, then
 
 report: $(STAMP) ## rebuild the report from existing run directories (no training)
 	$(PY) -m emseg.report.results --runs $(REPORT_RUNS) --out $(REPORT_DIR)
+
+eval: $(STAMP) ## evaluate a checkpoint on the whole test volume: make eval CKPT=<ckpt> [ARGS=data=lucchipp]
+	$(PY) eval.py ckpt_path=$(CKPT) $(ARGS)
+
+predict: $(STAMP) ## segment any TIFF: make predict CKPT=<ckpt> INPUT=<in.tif> OUTPUT=<out.tif> [ARGS=...]
+	$(PY) predict.py ckpt_path=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all
