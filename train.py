@@ -1,27 +1,17 @@
 """Train a mitochondria segmentation model: ``python train.py [overrides]`` (see README)."""
 
-import os
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 import emseg  # noqa: F401  (registers the config resolvers)
-from emseg.errors import find_user_error
+from emseg.cli import run_or_exit
 from emseg.train import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Run one training job and return the metric a sweeper optimises."""
-    try:
-        metrics = run(cfg)
-    except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, cfg)
     return metrics.get(cfg.get("optimized_metric", "val/fg_iou"))
 
 
