@@ -127,7 +127,7 @@ class EpochSummary(L.Callback):
         if not self._step_seconds:
             return
         step = statistics.median(self._step_seconds)
-        pl_module.log("perf/step_seconds", step, on_epoch=True, rank_zero_only=True)
+        pl_module.log("perf/step_seconds", step, on_epoch=True, sync_dist=True)
         if not trainer.is_global_zero:
             return
         shown = {

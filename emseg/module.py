@@ -83,15 +83,16 @@ class SegmentationModule(L.LightningModule):
         probs = torch.sigmoid(logits.detach())
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, target.long())
-        on_step = stage == "train"
+        # sync_dist: under DDP the epoch loss is the batch-weighted mean over all processes
+        # (one scalar all-reduce per step in training, negligible next to the gradients').
         self.log(
             f"{stage}/loss",
             loss,
-            on_step=on_step,
+            on_step=stage == "train",
             on_epoch=True,
             prog_bar=True,
             batch_size=image.shape[0],
-            sync_dist=not on_step,
+            sync_dist=True,
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return {"loss": loss, "probs": probs}

@@ -11,8 +11,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from emseg.errors import ConfigError
@@ -27,15 +29,19 @@ log = logging.getLogger(__name__)
 
 def _configure_threads(cfg: DictConfig) -> None:
     """Set torch's intra-op threads: ``torch_threads`` if given, else share the cores fairly
-    between parallel joblib sweep jobs (oversubscribed OpenMP threads slow CPU training ~10x)."""
+    between parallel joblib sweep jobs (oversubscribed OpenMP threads slow CPU training ~10x),
+    or use ``cpus_per_task`` of a submitit launcher (its local jobs all run at once)."""
     threads = cfg.get("torch_threads")
     if threads is None and HydraConfig.initialized():
         launcher = HydraConfig.get().launcher
-        if "joblib" in str(launcher.get("_target_", "")):
+        target = str(launcher.get("_target_", ""))
+        if "joblib" in target:
             cores = os.cpu_count() or 1
             n_jobs = int(launcher.get("n_jobs") or -1)
             n_jobs = cores if n_jobs <= 0 else min(n_jobs, cores)
             threads = max(1, cores // n_jobs)
+        elif "submitit" in target and launcher.get("cpus_per_task"):
+            threads = int(launcher.cpus_per_task)
     if threads is not None:
         if int(threads) <= 0:
             raise ConfigError(f"torch_threads must be positive, got {threads}")
@@ -82,6 +88,41 @@ def _checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
+def _check_distributed(trainer: L.Trainer) -> None:
+    """Refuse DDP runs that would re-launch a whole Hydra multirun in every process.
+
+    Lightning's ``ddp`` strategy starts the other processes of a node by running the command
+    line again; in a local ``-m`` sweep that command is the whole sweep. On SLURM
+    (``hydra/launcher=submitit_slurm``) SLURM starts one task per device instead, which works.
+    """
+    if trainer.world_size <= 1 or not HydraConfig.initialized():
+        return
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is not None and environment.creates_processes_externally:
+        return
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            "trainer.strategy=ddp starts its processes by re-running the command line, which "
+            "a local multirun (-m) cannot do: run the sweep on SLURM "
+            "(hydra/launcher=submitit_slurm, one task per device), run each configuration "
+            "without -m, or use trainer.strategy=ddp_spawn"
+        )
+
+
+def _seed_per_rank(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Give every DDP process its own random patches.
+
+    Patches come from torch's global generator; seeded alike (as ``seed_everything`` does
+    before the network is built, so that all ranks start from the same weights), every process
+    would draw the same patches when ``data.num_workers=0``. Loader workers are already
+    seeded per rank by Lightning.
+    """
+    if cfg.get("seed") is not None and trainer.world_size > 1:
+        L.seed_everything(int(cfg.seed) + trainer.global_rank, workers=True, verbose=False)
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
     """Instantiate the data module, the LightningModule and the Trainer from ``cfg``."""
     check_config(cfg)
@@ -125,8 +166,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     _configure_threads(cfg)
     datamodule, module, trainer = build(cfg)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    record_environment(output_dir)
+    _check_distributed(trainer)
+    _seed_per_rank(cfg, trainer)
+    if trainer.is_global_zero:  # under DDP every process runs this function
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        record_environment(output_dir)
     precision = str(cfg.trainer.precision)
     log.info(
         "hardware: %s; precision %s; channels_last %s",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from emseg.data.dataset import RandomPatchDataset, SliceDataset
 from emseg.data.volume import read_pair
@@ -33,9 +34,14 @@ class EMDataModule(L.LightningDataModule):
         test_image, test_mask: TIFF paths of the test volume and its mask.
         val_slices: number of slices at the end of the training volume held out for validation.
         patch_size: side of the square training patches.
-        batch_size: training patches per batch (per device under DDP).
-        samples_per_epoch: virtual epoch length in patches (``trainer.limit_train_batches``
-            sets the step budget; this only has to be at least that many batches).
+        batch_size: training patches per batch on each device: under DDP every process draws
+            its own batches, so one optimizer step sees ``batch_size x devices x num_nodes``
+            patches.
+        samples_per_epoch: virtual epoch length in patches per device (``trainer.
+            limit_train_batches`` sets the step budget; this only has to be at least that
+            many batches). Under DDP the dataset holds ``samples_per_epoch x world size``
+            patches, which Lightning's distributed sampler splits between the processes, so
+            an epoch has the same number of steps on any number of devices.
         fg_fraction: share of patches centred on mitochondria.
         context: adjacent slices per side given as extra channels (2.5D); 0 for 2D.
         mean, std: intensity normalisation of the [0, 1]-scaled images.
@@ -78,7 +84,8 @@ class EMDataModule(L.LightningDataModule):
             "std": std,
         }.items():
             if value <= 0:
-                raise ConfigError(f"data.{name} must be positive, got {value}")
+                per_device = " (per device)" if name.endswith("batch_size") else ""
+                raise ConfigError(f"data.{name}{per_device} must be positive, got {value}")
         if not 0.0 <= fg_fraction <= 1.0:
             raise ConfigError(f"data.fg_fraction must be in [0, 1], got {fg_fraction}")
         if context < 0:
@@ -96,6 +103,13 @@ class EMDataModule(L.LightningDataModule):
         """Channels of the network input: the slice plus ``context`` neighbours on each side."""
         return 2 * self.hparams.context + 1
 
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached Trainer; ``(1, 0)`` without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def setup(self, stage: str | None = None) -> None:
         """Load volumes once (idempotent): training/validation for fit, the test volume for test."""
         hp = self.hparams
@@ -112,6 +126,12 @@ class EMDataModule(L.LightningDataModule):
                     f"data.patch_size={hp.patch_size} is larger than the slices of "
                     f"{hp.train_image} ({image.shape[1]}x{image.shape[2]})"
                 )
+            world_size, _ = self._world()
+            if hp.val_slices < world_size:
+                raise ConfigError(
+                    f"data.val_slices={hp.val_slices} is smaller than the {world_size} DDP "
+                    "processes: every process needs at least one validation slice"
+                )
             split = depth - hp.val_slices
             train_img, train_msk = image[:split], mask[:split]
             if not train_msk.any():
@@ -120,7 +140,7 @@ class EMDataModule(L.LightningDataModule):
                 train_img,
                 train_msk,
                 patch_size=hp.patch_size,
-                length=hp.samples_per_epoch,
+                length=hp.samples_per_epoch * world_size,
                 fg_fraction=hp.fg_fraction,
                 context=hp.context,
                 mean=hp.mean,
@@ -142,13 +162,35 @@ class EMDataModule(L.LightningDataModule):
         hp = self.hparams
         return SliceDataset(image, mask, context=hp.context, mean=hp.mean, std=hp.std)
 
+    def _eval_sampler(self, dataset: Dataset) -> DistributedSampler | None:
+        """Under DDP, every ``world_size``-th slice per process and no slice twice.
+
+        Lightning's default distributed sampler pads the shorter shards by repeating slices,
+        which would count those slices twice in the synchronised volume metrics. Processes may
+        then run one batch fewer than others, which is safe in evaluation (DDP synchronises
+        buffers only on the first forward without gradients) as long as each has a slice.
+        """
+        world_size, rank = self._world()
+        if world_size <= 1:
+            return None
+        if len(dataset) < world_size:
+            raise DataError(
+                f"{len(dataset)} slices cannot be shared by {world_size} DDP processes "
+                "(each needs at least one)"
+            )
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=False
+        )
+
     def _loader(self, dataset, batch_size: int, shuffle: bool, workers: int) -> DataLoader:
         if dataset is None:
             raise DataError("the data module was used before setup() loaded its volumes")
+        sampler = None if shuffle else self._eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,

@@ -1,0 +1,309 @@
+"""Export a checkpoint's network for use without emseg: ``python export.py ckpt_path=<ckpt>``.
+
+Writes ``<output>.pt`` (TorchScript, ``format=torchscript``) or ``<output>.onnx`` (ONNX,
+``format=onnx``) and ``<output>.json``, a model card with everything a user of the file needs:
+the preprocessing (``(x / dtype_max - mean) / std``, the 2.5D input channels), the input size
+rule (height and width multiples of the encoder's stride, 32), the recommended tile size,
+overlap and border padding from ``conf/inference``, and the output (logits; foreground
+probability = sigmoid). The network is rebuilt by :func:`emseg.inference.load_checkpoint`, and
+each file is written under a temporary name and renamed only when both are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from emseg.errors import ConfigError, EmsegError
+from emseg.inference import Checkpoint, load_checkpoint
+from emseg.predict import check_output_path
+
+__all__ = [
+    "FORMATS",
+    "export_onnx",
+    "export_torchscript",
+    "input_multiple",
+    "load_exported",
+    "model_card",
+    "output_paths",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+# format -> file extension
+FORMATS: dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx"}
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+# Exported and PyTorch outputs must agree this closely on the verification sample.
+VERIFY_ATOL = 1e-3
+
+
+def input_multiple(net: nn.Module) -> int:
+    """The factor that input height and width must be multiples of (the encoder's stride)."""
+    encoder = getattr(net, "encoder", None)
+    return int(getattr(encoder, "output_stride", 32))
+
+
+def output_paths(output: str | Path, fmt: str) -> tuple[Path, Path]:
+    """``(<output>.pt|.onnx, <output>.json)``; an ``output`` ending in that extension is kept.
+
+    Raises:
+        ConfigError: ``fmt`` is not in :data:`FORMATS`.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    stem = Path(str(output))
+    if stem.suffix in (FORMATS[fmt], ".json"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + FORMATS[fmt]), stem.with_name(stem.name + ".json")
+
+
+def export_torchscript(net: nn.Module, path: Path) -> None:
+    """Script ``net`` (shape-independent, unlike a trace) and save it to ``path``.
+
+    Args:
+        net: eval-mode network mapping float32 ``(N, C, H, W)`` images, H and W multiples of
+            :func:`input_multiple`, to ``(N, 1, H, W)`` logits.
+        path: the ``.pt`` file to write.
+    """
+    torch.jit.save(torch.jit.script(net), str(path))
+
+
+def export_onnx(net: nn.Module, path: Path, in_channels: int, opset: int = 18) -> None:
+    """Export ``net`` with dynamic batch, height and width (multiples of the stride) to ONNX.
+
+    The weights are stored inside the file (no external data file), so it stands alone. The
+    graph's input ``image`` is float32 ``(batch, C, 32*h, 32*w)``, its output ``logits``
+    ``(batch, 1, 32*h, 32*w)`` (for a stride of 32).
+
+    Args:
+        net: eval-mode network, as for :func:`export_torchscript`.
+        path: the ``.onnx`` file to write.
+        in_channels: ``C``, the network's input channels.
+        opset: ONNX opset version.
+    """
+    multiple = input_multiple(net)
+    dims = torch.export.Dim
+    shapes = ({0: dims("batch", max=4096), 2: multiple * dims("h"), 3: multiple * dims("w")},)
+    # Batch 2: a dimension of size 1 would be specialised by torch.export.
+    example = torch.zeros(2, in_channels, 2 * multiple, 3 * multiple)
+    for name in ("onnxscript", "onnx_ir"):  # one INFO line per graph rewrite otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=shapes,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def load_exported(path: str | Path, fmt: str) -> Any:
+    """A callable ``float32 (N, C, H, W) ndarray -> (N, 1, H, W) logits ndarray`` for a file
+    written by :func:`export_torchscript` (``fmt="torchscript"``) or :func:`export_onnx`."""
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+        def run_torchscript(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x)).numpy()
+
+        return run_torchscript
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run_onnx(x: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    return run_onnx
+
+
+def _verify(net: nn.Module, path: Path, fmt: str, in_channels: int) -> dict[str, Any]:
+    """Run the exported file and ``net`` on one random sample: the largest difference."""
+    multiple = input_multiple(net)
+    x = torch.randn(
+        1, in_channels, 2 * multiple, 3 * multiple, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.inference_mode():
+        expected = net(x).numpy()
+    got = load_exported(path, fmt)(x.numpy())
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= VERIFY_ATOL:
+        raise EmsegError(
+            f"the exported {fmt} model differs from the checkpoint's network by {diff:.3g} "
+            f"(tolerance {VERIFY_ATOL}) on a {tuple(x.shape)} sample"
+        )
+    return {"input_shape": list(x.shape), "max_abs_diff": diff}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_card(
+    checkpoint: Checkpoint,
+    fmt: str,
+    model_file: str,
+    sha256: str,
+    inference: dict[str, Any],
+    opset: int,
+) -> dict[str, Any]:
+    """The JSON description of an exported model: preprocessing, input rule, tiling, output.
+
+    Args:
+        checkpoint: the loaded checkpoint (network, preprocessing, run config).
+        fmt: ``torchscript`` or ``onnx``.
+        model_file: file name of the exported model (beside the JSON).
+        sha256: its SHA-256 hex digest.
+        inference: ``conf/inference`` values (``tile_size``, ``overlap``, ...).
+        opset: ONNX opset (recorded for ``onnx`` only).
+    """
+    pre = checkpoint.preprocessing
+    multiple = input_multiple(checkpoint.net)
+    model_cfg = checkpoint.config.get("model", {})
+    card: dict[str, Any] = {
+        "format": fmt,
+        "model_file": model_file,
+        "sha256": sha256,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": pre.in_channels,
+            "context": pre.context,
+            "channel_order": (
+                f"slices z-{pre.context} .. z+{pre.context} of a (Z, Y, X) volume for slice z, "
+                "clamped at the volume ends"
+                if pre.context
+                else "the slice alone (2D)"
+            ),
+            "height_width_multiple_of": multiple,
+            "dynamic_axes": ["batch", "height", "width"],
+            "note": (
+                f"pad H and W up to multiples of {multiple} (e.g. reflect) and crop the output back"
+            ),
+        },
+        "preprocessing": {
+            "formula": "(x / dtype_max - mean) / std",
+            "scaling": (
+                "integer images are divided by their dtype maximum (255 for uint8, 65535 for "
+                "uint16); float images must already be in [0, 1]"
+            ),
+            "mean": pre.mean,
+            "std": pre.std,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "channels": 1,
+            "meaning": "mitochondria logits; probability = sigmoid(logits)",
+            "activation": "sigmoid",
+            "threshold": 0.5,
+        },
+        "tiling": {
+            "tile_size": inference.get("tile_size"),
+            "overlap": inference.get("overlap"),
+            "blending": inference.get("mode"),
+            "sigma_scale": inference.get("sigma_scale"),
+            "border_pad": inference.get("border_pad"),
+            "padding_mode": inference.get("padding_mode"),
+            "note": (
+                "tiles of tile_size (null = whole slices) overlapping by overlap x tile_size, "
+                "blended with Gaussian weights of sigma = sigma_scale x tile_size, after "
+                "padding every slice by border_pad pixels (padding_mode)"
+            ),
+        },
+        "model": {
+            "factory": str(model_cfg.get("_target_", "")),
+            "encoder_name": model_cfg.get("encoder_name"),
+            "source_checkpoint": str(checkpoint.path),
+        },
+        "versions": {"emseg": _version("emseg"), "torch": torch.__version__},
+    }
+    if fmt == "onnx":
+        card["opset"] = opset
+    return card
+
+
+@contextlib.contextmanager
+def _staged(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary names for ``paths``: renamed over them by :func:`_commit`, else deleted."""
+    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    try:
+        yield tmps
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def _commit(tmps: list[Path], paths: tuple[Path, ...]) -> None:
+    for tmp, path in zip(tmps, paths, strict=True):
+        os.replace(tmp, path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt_path`` as ``cfg.format`` to ``cfg.output`` (see conf/export.yaml).
+
+    Returns:
+        ``{"model": <model file>, "card": <json file>, "verified": {...} | None}``.
+
+    Raises:
+        ConfigError: unknown format, an output that exists (without ``overwrite=true``) or
+            whose directory is missing, or a tile size the exported model cannot take.
+        CheckpointError: the checkpoint cannot be loaded.
+    """
+    fmt = str(cfg.format)
+    model_path, card_path = output_paths(cfg.output, fmt)
+    for path, key in ((model_path, "output"), (card_path, "output (model card)")):
+        check_output_path(path, key, bool(cfg.overwrite))
+    inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    net, in_channels = checkpoint.net, checkpoint.preprocessing.in_channels
+    tile = inference.get("tile_size")
+    if tile is not None and int(tile) % input_multiple(net):
+        raise ConfigError(
+            f"inference.tile_size={tile} is not a multiple of {input_multiple(net)}, the input "
+            "size the exported model needs"
+        )
+    with _staged(model_path, card_path) as (tmp_model, tmp_card):
+        if fmt == "torchscript":
+            export_torchscript(net, tmp_model)
+        else:
+            export_onnx(net, tmp_model, in_channels, int(cfg.opset))
+        card = model_card(
+            checkpoint, fmt, model_path.name, _sha256(tmp_model), inference, int(cfg.opset)
+        )
+        verified = _verify(net, tmp_model, fmt, in_channels) if cfg.get("verify", True) else None
+        card["verified"] = verified
+        tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+        _commit([tmp_model, tmp_card], (model_path, card_path))
+    log.info("wrote %s and %s", model_path, card_path)
+    return {"model": str(model_path), "card": str(card_path), "verified": verified}
