@@ -57,11 +57,18 @@ def fg_iou(checkpoint: Path, image: np.ndarray, mask: np.ndarray) -> float:
     """Foreground IoU of ``checkpoint`` over whole slices, pooled as in training (p > 0.5)."""
     loaded = load_checkpoint(checkpoint)
     metric = BinaryJaccardIndex(threshold=0.5)
-    with torch.inference_mode():
-        for z in range(image.shape[0]):
-            x = torch.from_numpy(loaded.preprocessing(image[z : z + 1]))[None]
-            probs = torch.sigmoid(loaded.net(x))
-            metric.update(probs, torch.from_numpy(mask[z : z + 1][None] > 0).long())
+    # Use the thread count Lightning gives each of the two CPU DDP processes (cores // 2):
+    # another count changes the float summation order, and pixels near p = 0.5 can flip.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        with torch.inference_mode():
+            for z in range(image.shape[0]):
+                x = torch.from_numpy(loaded.preprocessing(image[z : z + 1]))[None]
+                probs = torch.sigmoid(loaded.net(x))
+                metric.update(probs, torch.from_numpy(mask[z : z + 1][None] > 0).long())
+    finally:
+        torch.set_num_threads(threads)
     return float(metric.compute())
 
 
