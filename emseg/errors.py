@@ -5,6 +5,8 @@ Anything the user can fix (a missing file, a bad shape, a bad config value) rais
 print that sentence alone and exit non-zero instead of showing a traceback.
 """
 
+from pathlib import Path
+
 
 class EmsegError(Exception):
     """An error caused by the user's input or configuration, with a readable message."""
@@ -20,6 +22,23 @@ class ConfigError(EmsegError):
 
 class WeightsError(EmsegError):
     """Pretrained encoder weights that cannot be found or loaded."""
+
+
+def require_file(path: Path, error: type[EmsegError] = EmsegError, label: str = "") -> None:
+    """Raise ``error`` naming ``path`` unless it is an existing, non-empty file.
+
+    Args:
+        path: the file the user gave.
+        error: the :class:`EmsegError` subclass to raise.
+        label: the config key the path came from (e.g. ``ckpt_path``), put first in the message.
+    """
+    prefix = f"{label}: " if label else ""
+    if not path.exists():
+        raise error(f"{prefix}{path}: file not found")
+    if path.is_dir():
+        raise error(f"{prefix}{path}: is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise error(f"{prefix}{path}: file is empty")
 
 
 def find_user_error(error: BaseException) -> EmsegError | None:

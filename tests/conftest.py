@@ -111,3 +111,15 @@ def real_data() -> Path:
     if path is None:
         pytest.skip("EPFL data not found (run `make data` or set EMSEG_DATA_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
+    """``last.ckpt`` of a two-step training run on the synthetic volume (built once)."""
+    from emseg.train import run as run_train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    extra = ["logger=none", "test_after_fit=false", "trainer.limit_val_batches=1"]
+    extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
+    run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
+    return run_dir / "checkpoints" / "last.ckpt"

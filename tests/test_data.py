@@ -80,6 +80,19 @@ def test_truncated_tiff(tmp_path, reader, keep):
     assert "TIFF" in message
 
 
+def test_truncated_tiff_detected_when_tifffile_logger_disabled(tmp_path, monkeypatch):
+    """Hydra's job logging can disable existing loggers; truncation must still be caught."""
+    import logging
+
+    volume = np.zeros((8, 64, 64), dtype=np.uint8)
+    data = _write(tmp_path / "whole.tif", volume, compression="zlib").read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(logging.getLogger("tifffile"), "disabled", True)
+    assert "TIFF" in _raises_data_error(read_volume, cut)
+    assert logging.getLogger("tifffile").disabled  # restored afterwards
+
+
 def test_4d_array_rejected(tmp_path):
     path = _write(tmp_path / "4d.tif", np.zeros((2, 3, 16, 16), np.uint8))
     _raises_data_error(read_volume, path, "(2, 3, 16, 16)", "3D (Z, Y, X)")

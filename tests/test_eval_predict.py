@@ -30,20 +30,9 @@ from emseg.inference import CheckpointError, VolumePredictor, load_checkpoint
 from emseg.postprocess import median_filter_volume, remove_small_components
 from emseg.predict import run as run_predict
 from emseg.resolvers import PROJECT_ROOT
-from emseg.train import run as run_train
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train
+from tests.conftest import CONFIG_DIR
 
 QUIET = ["progress=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
-    """``last.ckpt`` of a two-step training run (built once for this file)."""
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    extra = ["logger=none", "test_after_fit=false", "trainer.limit_val_batches=1"]
-    extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
-    run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
-    return run_dir / "checkpoints" / "last.ckpt"
 
 
 def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -137,7 +126,7 @@ def test_checkpoint_errors(tmp_path, tiny_checkpoint):
     cases = {
         tmp_path / "missing.ckpt": "not found",
         tmp_path: "is a directory",
-        tmp_path / "empty.ckpt": "is empty",
+        tmp_path / "empty.ckpt": "file is empty",
         tmp_path / "garbage.ckpt": "not a readable PyTorch checkpoint",
         tmp_path / "truncated.ckpt": "not a readable PyTorch checkpoint",
         _save(tmp_path / "weights.pt", {"a": torch.ones(1)}): "no state_dict",
@@ -261,7 +250,7 @@ def test_predict_refuses_to_overwrite(tmp_path, tiny_checkpoint, capsys):
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing ckpt", "ckpt_path: .*missing.ckpt not found"),
+        ("missing ckpt", "ckpt_path: .*missing.ckpt: file not found"),
         ("corrupt ckpt", "ckpt_path: .*corrupt.ckpt is not a readable PyTorch checkpoint"),
         ("missing input", "missing.tif: file not found"),
         ("output dir missing", "output: directory .*nowhere does not exist"),

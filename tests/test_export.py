@@ -21,20 +21,9 @@ from emseg.export import output_paths
 from emseg.export import run as run_export
 from emseg.inference import load_checkpoint
 from emseg.resolvers import PROJECT_ROOT
-from emseg.train import run as run_train
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train
+from tests.conftest import CONFIG_DIR
 
 QUIET = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
-    """``last.ckpt`` of a two-step training run (built once for this file)."""
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    extra = ["logger=none", "test_after_fit=false", "trainer.limit_val_batches=1"]
-    extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
-    run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
-    return run_dir / "checkpoints" / "last.ckpt"
 
 
 def export_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -126,7 +115,7 @@ def test_export_cli_refuses_to_overwrite(tiny_checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ckpt_path=missing.ckpt"], "error: ckpt_path: missing.ckpt not found"),
+        (["ckpt_path=missing.ckpt"], "error: ckpt_path: missing.ckpt: file not found"),
         (["format=tflite"], "error: format must be one of torchscript, onnx; got 'tflite'"),
         (["inference.tile_size=500"], "error: inference.tile_size=500 is not a multiple of 32"),
         ([f"output={Path('/nonexistent/dir/m')}"], "error: output: directory /nonexistent/dir"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from emseg.errors import DataError
+from emseg.errors import DataError, require_file
 
 __all__ = ["read_volume", "read_mask", "read_pair", "to_unit_float"]
 
@@ -22,16 +22,14 @@ _SUPPORTED_IMAGE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64, np.float
 
 def _read_tiff(path: str | Path) -> np.ndarray:
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a TIFF file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+    require_file(path, DataError)
     # tifffile does not raise on a broken page chain (e.g. a truncated multi-page file): it logs
     # an error and returns the pages it could read, so its error records are collected too.
     errors = _ErrorRecords()
     tiff_logger = logging.getLogger("tifffile")
+    # A logging config (e.g. Hydra's job logging) may have disabled the logger: re-enable it
+    # for the read, or the error records never arrive.
+    was_disabled, tiff_logger.disabled = tiff_logger.disabled, False
     tiff_logger.addHandler(errors)
     try:
         array = tifffile.imread(path)
@@ -41,6 +39,7 @@ def _read_tiff(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: corrupt TIFF data ({type(err).__name__}: {err})") from err
     finally:
         tiff_logger.removeHandler(errors)
+        tiff_logger.disabled = was_disabled
     if errors.messages:
         raise DataError(f"{path}: corrupt or truncated TIFF ({errors.messages[0]})")
     return np.asarray(array)

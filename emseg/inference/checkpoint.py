@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from emseg.data.volume import to_unit_float
-from emseg.errors import EmsegError
+from emseg.errors import EmsegError, require_file
 
 __all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint"]
 
@@ -82,12 +82,7 @@ class Checkpoint:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise CheckpointError(f"ckpt_path: {path} not found")
-    if path.is_dir():
-        raise CheckpointError(f"ckpt_path: {path} is a directory, expected a .ckpt file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"ckpt_path: {path} is empty")
+    require_file(path, CheckpointError, label="ckpt_path")
     try:
         # weights_only: a checkpoint is untrusted data; emseg's hold only tensors and plain types.
         # mmap (zip checkpoints, i.e. all recent ones): only the network's tensors are read,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from emseg.data.dataset import context_slices
-from emseg.errors import ConfigError, DataError
+from emseg.errors import ConfigError, DataError, require_file
 from emseg.hardware import auto_channels_last, auto_precision
 from emseg.inference.checkpoint import Preprocessing
 from emseg.inference.sliding_window import check_window_args, predict_slice
@@ -70,12 +70,7 @@ class TiffSlices:
 
     def __init__(self, path: str | Path) -> None:
         self.path = path = Path(path)
-        if not path.exists():
-            raise DataError(f"{path}: file not found")
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, expected a TIFF file")
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: file is empty")
+        require_file(path, DataError)
         try:
             self._tif = tifffile.TiffFile(path)
             series = self._tif.series[0]
