@@ -123,3 +123,27 @@ def tiny_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
     extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
     run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
+    """``python <script> <args>`` run in this process: (exit code, stderr).
+
+    Same root script, same exit codes and stderr as a subprocess, without its start-up cost.
+    """
+    import runpy
+    import sys
+
+    quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    argv = sys.argv
+    sys.argv = [script, *args, *quiet, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    GlobalHydra.instance().clear()
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(PROJECT_ROOT / script), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err

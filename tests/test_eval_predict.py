@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from emseg.postprocess import median_filter_volume, remove_small_components
 from emseg.predict import run as run_predict
 from emseg.resolvers import PROJECT_ROOT
 from tests.conftest import CONFIG_DIR
+from tests.conftest import run_script as run_in_process
 
 QUIET = ["progress=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
@@ -45,20 +45,8 @@ def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig
 
 
 def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
-    """Run a root script in this process as ``python <script> <args>``: (exit code, stderr)."""
-    argv = sys.argv
-    sys.argv = [script, *args, *QUIET, f"hydra.run.dir={tmp_path / 'hydra'}"]
-    GlobalHydra.instance().clear()
-    capsys.readouterr()
-    try:
-        runpy.run_path(str(PROJECT_ROOT / script), run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    finally:
-        sys.argv = argv
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+    """``python <script> <args> progress=false`` in this process: (exit code, stderr)."""
+    return run_in_process(script, [*args, "progress=false"], tmp_path, capsys)
 
 
 def run_cli(script: str, args: list[str], tmp_path: Path, **env: str):

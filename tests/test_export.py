@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ from emseg.errors import ConfigError
 from emseg.export import output_paths
 from emseg.export import run as run_export
 from emseg.inference import load_checkpoint
-from emseg.resolvers import PROJECT_ROOT
 from tests.conftest import CONFIG_DIR
+from tests.conftest import run_script as run_in_process
 
 QUIET = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
@@ -37,19 +35,7 @@ def export_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def run_script(args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
     """``python export.py <args>`` in this process: (exit code, stderr)."""
-    argv = sys.argv
-    sys.argv = ["export.py", *args, *QUIET, f"hydra.run.dir={tmp_path / 'hydra'}"]
-    GlobalHydra.instance().clear()
-    capsys.readouterr()
-    try:
-        runpy.run_path(str(PROJECT_ROOT / "export.py"), run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    finally:
-        sys.argv = argv
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+    return run_in_process("export.py", args, tmp_path, capsys)
 
 
 def run_file(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
