@@ -6,6 +6,8 @@ is known stand in for the U-Net.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tifffile
@@ -26,7 +28,7 @@ from emseg.inference import (
     resolve_precision,
     tta_transforms,
 )
-from emseg.inference.sliding_window import gaussian_weights, pad_border
+from emseg.inference.sliding_window import gaussian_weights, pad_border, plan_axis
 from emseg.metrics import ThresholdSweep, binary_scores
 from emseg.postprocess import (
     check_postprocess_args,
@@ -148,6 +150,98 @@ def test_naive_mode_cuts_disjoint_tiles():
     assert sum(shape[0] for shape in model.shapes) == 6
 
 
+@pytest.mark.parametrize("side", [1100, 1300, 2112, 4160])
+@pytest.mark.parametrize(("tile", "overlap"), [(512, 0.25), (1024, 0.125), (500, 0.5)])
+def test_tiling_plan_covers_the_side_with_even_windows_of_at_most_the_tile(side, tile, overlap):
+    window, starts = plan_axis(side - 64, side, tile, overlap)
+    assert window <= tile and starts[0] == 0 and starts[-1] + window == side
+    steps = np.diff(starts)
+    assert len(starts) >= 2 and steps.max() - steps.min() <= 1  # evenly spread
+    assert window - steps.max() >= math.ceil(overlap * tile) - 1  # at least the overlap
+    # The fewest windows: one less could not cover the side with that overlap.
+    fewer = len(starts) - 1
+    assert fewer * tile - (fewer - 1) * math.ceil(overlap * tile) < side
+    if tile % 32 == 0:
+        assert window % 32 == 0  # no extra padding inside the network
+
+
+def test_tiling_plan_is_one_window_when_the_tile_covers_the_side():
+    assert plan_axis(500, 628, 512, 0.25) == (628, [0])  # the tile covers the image side
+    assert plan_axis(700, 500, 512, 0.25) == (500, [0])  # the padded side fits the tile
+    assert plan_axis(700, 764, None, 0.25) == (764, [0])
+
+
+def test_a_slice_within_max_window_area_is_one_window_of_the_padded_slice():
+    model = CountingModel()
+    # 150 x 200 + 2 x 32 border = 214 x 264 -> 224 x 288 (multiples of 32) = 64,512 pixels.
+    out = predict_slice(
+        model, torch.zeros(1, 150, 200), tile_size=64, border_pad=32, max_window_area=224 * 288
+    )
+    assert out.shape == (150, 200)
+    assert model.shapes == [(1, 1, 224, 288)]
+
+
+def test_a_slice_beyond_max_window_area_is_tiled_and_blended(image):
+    """One pixel over the area: evenly spread windows of at most the tile, Gaussian-blended."""
+    model = conv3x3(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))
+    counting = CountingModel()
+    kwargs = {"tile_size": 64, "overlap": 0.25, "border_pad": 8}
+    area = 192 * 192  # (150 + 16) x (173 + 16) -> 192 x 192 after rounding up to 32
+    one = predict_slice(counting, image, max_window_area=area, **kwargs)
+    assert counting.shapes == [(1, 1, 192, 192)] and one.shape == image.shape[1:]
+    counting.shapes.clear()
+    predict_slice(counting, image, max_window_area=area - 1, sw_batch_size=1, **kwargs)
+    # 166 x 189 padded: 4 x 4 windows of 64 x 64 (tile multiple of 32), each a separate forward.
+    assert counting.shapes == [(1, 1, 64, 64)] * 16
+    whole = torch.sigmoid(model(image[None]))[0, 0]
+    tiled = predict_slice(model, image, max_window_area=area - 1, **kwargs)
+    inner = (slice(4, -4), slice(4, -4))
+    assert float((tiled - whole)[inner].abs().max()) < 0.01  # blended: no visible seams
+
+
+def test_naive_mode_ignores_blending_but_honours_max_window_area():
+    model = CountingModel()
+    predict_slice(
+        model, torch.zeros(1, 100, 130), tile_size=64, mode="naive", border_pad=0, max_window_area=0
+    )
+    assert len(model.shapes) == 6
+    model.shapes.clear()
+    predict_slice(
+        model,
+        torch.zeros(1, 100, 130),
+        tile_size=64,
+        mode="naive",
+        border_pad=0,
+        max_window_area=128 * 160,
+    )
+    assert model.shapes == [(1, 1, 128, 160)]
+
+
+def test_inference_configs_compose_to_the_documented_settings():
+    """default: one window up to 1024^2 with a 32-px border; tiled/naive: always tile."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONFIG_DIR
+
+    settings = {}
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for name in ("default", "tiled", "naive"):
+            cfg = compose(config_name="eval", overrides=[f"inference={name}", "ckpt_path=x"])
+            settings[name] = cfg.inference
+    GlobalHydra.instance().clear()
+    assert settings["default"].max_window_area == 1024 * 1024
+    assert settings["default"].border_pad == 32 and settings["default"].tile_size == 512
+    assert settings["tiled"].max_window_area == 0 and settings["tiled"].border_pad == 64
+    assert settings["naive"].max_window_area == 0 and settings["naive"].mode == "naive"
+    predictor = VolumePredictor(
+        nn.Identity(), Preprocessing(0, 0.0, 1.0), precision="32-true", device="cpu"
+    )
+    assert predictor.describe()["max_window_area"] == settings["default"].max_window_area
+    assert predictor.describe()["border_pad"] == settings["default"].border_pad
+
+
 def test_gaussian_weights_peak_in_the_centre_and_stay_positive():
     weights = gaussian_weights((64, 64), 0.125)
     assert float(weights.max()) == pytest.approx(1.0, abs=1e-3)
@@ -173,6 +267,7 @@ def test_reflect_padding_wider_than_the_image_matches_numpy():
         ({"padding_mode": "mirror"}, "inference.padding_mode"),
         ({"sw_batch_size": 0}, "inference.sw_batch_size"),
         ({"border_pad": -1}, "inference.border_pad"),
+        ({"max_window_area": -1}, "inference.max_window_area"),
     ],
 )
 def test_invalid_window_settings_name_their_key(kwargs, key):

@@ -1,7 +1,7 @@
 """Whole-slice and whole-volume inference as pure functions, independent of Lightning.
 
 * :mod:`~emseg.inference.checkpoint`: network + preprocessing from a ``train.py`` checkpoint;
-* :mod:`~emseg.inference.sliding_window`: one slice by Gaussian-blended windows (MONAI);
+* :mod:`~emseg.inference.sliding_window`: one slice in one window, or by Gaussian-blended windows;
 * :mod:`~emseg.inference.tta`: flip / rot90 test-time augmentation as forward/inverse pairs;
 * :mod:`~emseg.inference.volume_predictor`: a volume streamed slice by slice.
 """

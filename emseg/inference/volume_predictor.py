@@ -21,7 +21,11 @@ from emseg.data.dataset import context_slices
 from emseg.errors import ConfigError, DataError, require_file
 from emseg.hardware import auto_channels_last, auto_precision
 from emseg.inference.checkpoint import Preprocessing
-from emseg.inference.sliding_window import check_window_args, predict_slice
+from emseg.inference.sliding_window import (
+    DEFAULT_MAX_WINDOW_AREA,
+    check_window_args,
+    predict_slice,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -173,8 +177,10 @@ class VolumePredictor:
     Args:
         model: network mapping ``(N, C, y, x)`` to ``(N, 1, y, x)`` logits, in eval mode.
         preprocessing: the checkpoint's normalisation and 2.5D context.
-        tile_size, overlap, mode, sigma_scale, border_pad, padding_mode, sw_batch_size, tta:
-            see :func:`emseg.inference.sliding_window.predict_slice`.
+        tile_size, overlap, mode, sigma_scale, border_pad, padding_mode, sw_batch_size, tta,
+            max_window_area: see :func:`emseg.inference.sliding_window.predict_slice`. The
+            defaults are ``conf/inference/default.yaml``'s: one window per slice up to 1024^2
+            padded pixels, 512-px Gaussian-blended tiles beyond, a 32-px reflected border.
         precision: ``auto`` | ``32-true`` | ``bf16-mixed`` | ``16-mixed`` (or ``32``/``bf16``/
             ``16``): autocast dtype of the network.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
@@ -188,15 +194,24 @@ class VolumePredictor:
         overlap: float = 0.25,
         mode: str = "gaussian",
         sigma_scale: float = 0.125,
-        border_pad: int = 64,
+        border_pad: int = 32,
         padding_mode: str = "reflect",
         sw_batch_size: int = 2,
         tta: str = "none",
+        max_window_area: int = DEFAULT_MAX_WINDOW_AREA,
         precision: str = "auto",
         device: str = "auto",
     ) -> None:
         check_window_args(
-            tile_size, overlap, mode, sigma_scale, border_pad, padding_mode, sw_batch_size, tta
+            tile_size,
+            overlap,
+            mode,
+            sigma_scale,
+            border_pad,
+            padding_mode,
+            sw_batch_size,
+            tta,
+            max_window_area,
         )
         self.device = resolve_device(str(device))
         self.precision = resolve_precision(str(precision), self.device)
@@ -215,6 +230,7 @@ class VolumePredictor:
             "padding_mode": str(padding_mode),
             "sw_batch_size": int(sw_batch_size),
             "tta": str(tta),
+            "max_window_area": int(max_window_area),
             "autocast_dtype": PRECISIONS[self.precision],
             "channels_last": self.channels_last,
         }
