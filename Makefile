@@ -10,7 +10,7 @@ ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report
+	reproduce-report report bench
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -66,6 +66,9 @@ eval: $(STAMP) ## evaluate a checkpoint on the whole test volume: make eval CKPT
 
 predict: $(STAMP) ## segment any TIFF: make predict CKPT=<ckpt> INPUT=<in.tif> OUTPUT=<out.tif> [ARGS=...]
 	$(PY) predict.py ckpt_path=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+bench: $(STAMP) ## training/inference speed vs plain PyTorch (~15 min) -> experiments/bench/; ARGS=--quick
+	$(PY) -m emseg.bench $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all

@@ -1,0 +1,5 @@
+"""``python -m emseg.bench``: see :mod:`emseg.bench.run`."""
+
+from emseg.bench.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The hardware and software every timing was taken on (the issue asks each to name it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from emseg.hardware import auto_channels_last, auto_precision, cpu_has_native_bf16
+from emseg.resolvers import PROJECT_ROOT
+
+__all__ = ["cpu_model", "environment", "peak_rss_bytes"]
+
+
+def cpu_model() -> str:
+    """``lscpu``'s 'Model name' (falls back to /proc/cpuinfo, then to ``platform``)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux ``ru_maxrss`` is in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=PROJECT_ROOT,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """CPU model, ISA capability, bf16 support, threads, devices and versions."""
+    import lightning
+
+    cuda = torch.cuda.is_available()
+    info: dict[str, Any] = {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "git_commit": _git_commit(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "native_bf16": cpu_has_native_bf16(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "cuda": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_bf16_supported": bool(torch.cuda.is_bf16_supported()) if cuda else None,
+        "auto_precision_cpu": auto_precision("cpu"),
+        "auto_channels_last_cpu": auto_channels_last(auto_precision("cpu"), "cpu"),
+        "auto_precision_gpu": auto_precision("gpu") if cuda else None,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+    return info

@@ -1,0 +1,188 @@
+"""Inference: whole-volume seconds of the default settings against one bare forward pass per
+slice, TTA per mode, peak RSS on the test volume and on a large synthetic volume, and the fg IoU
+of inference settings and precisions on the validation hold-out (never the test volume: the
+default is chosen there).
+
+Timed passes run in fresh processes (:mod:`emseg.bench.infer_worker`) one after the other, so
+each peak RSS belongs to that pass alone and no two heavy processes share the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from omegaconf import OmegaConf
+
+from emseg.bench.common import compose_config, log
+from emseg.bench.infer_worker import load_network, run_job
+from emseg.data.volume import read_pair
+from emseg.evaluate import evaluate_volume
+from emseg.inference import VolumePredictor
+
+__all__ = [
+    "inference_settings",
+    "make_big_volume",
+    "run_isolated",
+    "timing",
+    "validation_quality",
+]
+
+GIB = 1024**3
+
+
+def inference_settings(name: str = "default", **overrides: Any) -> dict[str, Any]:
+    """``conf/inference/<name>.yaml`` as VolumePredictor kwargs, plus ``overrides``."""
+    cfg = compose_config("eval", [f"inference={name}", "ckpt_path=unused"])
+    settings = OmegaConf.to_container(cfg.inference, resolve=True)
+    settings.pop("_target_", None)
+    settings.pop("_partial_", None)
+    return {**settings, **overrides}
+
+
+def run_isolated(job: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
+    """Run an inference job in a fresh Python process (or in this one when ``isolate`` is off,
+    for the quick mode, whose RSS is then this process's)."""
+    if not isolate:
+        return run_job(job)
+    done = subprocess.run(
+        [sys.executable, "-m", "emseg.bench.infer_worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"inference worker failed ({done.returncode}): {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def make_big_volume(source: Path, path: Path, shape: tuple[int, int, int]) -> Path:
+    """A ``shape`` uint8 TIFF built from ``source``'s slices, each reflect-padded (bottom/right)
+    to the target size, written page by page (nothing the size of the volume is in memory)."""
+    depth, height, width = shape
+    with tifffile.TiffFile(source) as tif:
+        pages = [page.asarray() for page in tif.pages[: min(depth, len(tif.pages))]]
+    with tifffile.TiffWriter(path) as writer:
+        for z in range(depth):
+            page = pages[z % len(pages)]
+            while page.shape[0] < height or page.shape[1] < width:
+                pad_y = min(height - page.shape[0], page.shape[0] - 1)
+                pad_x = min(width - page.shape[1], page.shape[1] - 1)
+                page = np.pad(page, ((0, pad_y), (0, pad_x)), mode="reflect")
+            writer.write(page[:height, :width], contiguous=True)
+    return path
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str = "median_slice_s") -> float:
+    return float(a[key] / b[key])
+
+
+def timing(
+    test_image: Path,
+    ckpt: str | None,
+    scratch: Path,
+    *,
+    test_slices: int | None,
+    subset_slices: int,
+    big_shape: tuple[int, int, int] | None,
+    big_slices: int,
+    big_plain_slices: int,
+    isolate: bool,
+) -> dict[str, Any]:
+    """Seconds, slices/s and peak RSS of the default and its alternatives (module docstring)."""
+    default = inference_settings("default")
+    jobs = {
+        "default": ("predictor", default, test_slices),
+        "plain": ("plain", default, test_slices),
+        "tiled_previous_default": ("predictor", inference_settings("tiled"), subset_slices),
+        "naive": ("predictor", inference_settings("naive"), subset_slices),
+        "tta_flips": ("predictor", inference_settings("default", tta="flips"), subset_slices),
+        "tta_d4": ("predictor", inference_settings("default", tta="d4"), subset_slices),
+        "plain_subset": ("plain", default, subset_slices),
+    }
+    results: dict[str, Any] = {}
+    for name, (kind, settings, limit) in jobs.items():
+        log(f"inference: {name} on {test_image.name} ({limit or 'all'} slices)")
+        job = {"kind": kind, "input": str(test_image), "ckpt": ckpt, "settings": settings}
+        results[name] = run_isolated({**job, "limit": limit}, isolate)
+    plain, subset = results["plain"], results["plain_subset"]
+    ratios = {
+        "default_vs_plain_whole_volume": results["default"]["seconds"] / plain["seconds"],
+        "default_vs_plain_median_slice": _ratio(results["default"], plain),
+    }
+    for name in ("tiled_previous_default", "naive", "tta_flips", "tta_d4"):
+        ratios[f"{name}_vs_plain_median_slice"] = _ratio(results[name], subset)
+    out: dict[str, Any] = {"test": results, "ratios": ratios, "big": None}
+    if big_shape is not None:
+        path = scratch / f"synthetic_{'x'.join(map(str, big_shape))}.tif"
+        log(f"inference: writing {path}")
+        t0 = time.perf_counter()
+        make_big_volume(test_image, path, big_shape)
+        big: dict[str, Any] = {"write_s": time.perf_counter() - t0, "path": str(path)}
+        for name, kind, limit in (
+            ("default", "predictor", big_slices),
+            ("plain", "plain", big_plain_slices),
+        ):
+            log(f"inference: {name} on {path.name} ({limit} slices)")
+            job = {"kind": kind, "input": str(path), "ckpt": ckpt, "settings": default}
+            big[name] = run_isolated({**job, "limit": limit}, isolate)
+        big["default_vs_plain_median_slice"] = _ratio(big["default"], big["plain"])
+        path.unlink()
+        out["big"] = big
+    return out
+
+
+def validation_quality(
+    train_image: Path,
+    train_mask: Path,
+    val_slices: int,
+    ckpt: str | None,
+) -> dict[str, Any]:
+    """fg IoU (threshold 0.5, pooled) of inference settings on the validation hold-out.
+
+    The last ``val_slices`` slices of the training volume: the hold-out training selected the
+    checkpoint on, never the test volume. Every variant gets a freshly loaded network (a
+    predictor converts it to its own memory layout).
+    """
+    image, mask = read_pair(train_image, train_mask)
+    image, mask = image[-val_slices:], mask[-val_slices:]
+    variants = {
+        "default (auto precision)": inference_settings("default"),
+        "default fp32": inference_settings("default", precision="32-true"),
+        "one window, 64-px border": inference_settings("default", border_pad=64),
+        "tiled (previous default)": inference_settings("tiled"),
+        "naive (report)": inference_settings("naive"),
+    }
+    results: dict[str, Any] = {}
+    for name, settings in variants.items():
+        log(f"quality: {name} on {val_slices} validation slices")
+        net, pre = load_network(ckpt)
+        predictor = VolumePredictor(net, pre, **{**settings, "device": "cpu"})
+        t0 = time.perf_counter()
+        probs = list(predictor.predict(image))
+        seconds = time.perf_counter() - t0
+        metrics, _ = evaluate_volume(iter(probs), mask)
+        results[name] = {
+            "fg_iou": metrics["fg_iou"],
+            "edge_fg_iou": metrics["edge_fg_iou"],
+            "interior_fg_iou": metrics["interior_fg_iou"],
+            "seconds": seconds,
+            "precision": predictor.precision,
+            "channels_last": predictor.channels_last,
+        }
+    base = results["default (auto precision)"]
+    return {
+        "slices": int(val_slices),
+        "checkpoint": ckpt,
+        "variants": results,
+        "bf16_minus_fp32_fg_iou": base["fg_iou"] - results["default fp32"]["fg_iou"],
+        "fp32_vs_auto_seconds": results["default fp32"]["seconds"] / base["seconds"],
+        "default_minus_previous_fg_iou": base["fg_iou"]
+        - results["tiled (previous default)"]["fg_iou"],
+    }

@@ -1,0 +1,376 @@
+"""Training step time: the emseg LightningModule under ``lightning.Trainer`` against a plain loop.
+
+Both run the same network (built by the same Hydra config), loss, optimizer, precision and
+memory layout on the same pre-drawn batches held in memory, so the difference is what
+Lightning (and emseg's per-step metrics and logging) add per step. A step is measured from one
+iteration's start to the next's, i.e. including everything the loop does between batches.
+The plain loop runs before and after the Lightning run and both blocks are pooled, so a drift
+in machine speed cannot masquerade as framework overhead.
+
+Also here: FLOPs of one step (``FlopCounterMode``), the precision / memory-layout grid on the
+plain loop, a ``torch.profiler`` table of the top ops, and the Trainer fed by the real
+DataModule loader (workers included) to show whether data loading slows the steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from itertools import cycle, islice
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from emseg.bench.common import log, summary
+from emseg.metrics import segmentation_metrics
+from emseg.optim import param_groups
+from emseg.train import build
+
+__all__ = [
+    "PRECISION_GRID",
+    "StepTimer",
+    "draw_batches",
+    "lightning_steps",
+    "matmul_peak",
+    "plain_steps",
+    "profile_steps",
+    "step_flops",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+# (precision, channels_last) pairs compared on the plain loop.
+PRECISION_GRID: tuple[tuple[str, bool], ...] = (
+    ("32-true", False),
+    ("32-true", True),
+    ("bf16-mixed", False),
+    ("bf16-mixed", True),
+)
+
+
+class StepTimer(L.Callback):
+    """Wall-clock time of every training iteration, start to next start (the last: to its end)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
+
+    def seconds(self) -> list[float]:
+        marks = [*self.starts, self.end]
+        return [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
+
+
+def draw_batches(cfg: DictConfig, count: int) -> list[Batch]:
+    """``count`` training batches of the configured DataModule (augmented, seeded), in memory."""
+    L.seed_everything(int(cfg.seed), verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    loader = DataLoader(
+        datamodule.train_set, batch_size=int(cfg.data.batch_size), shuffle=True, drop_last=True
+    )
+    return list(islice(iter(loader), count))
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision.startswith("bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast("cpu", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _plain_parts(
+    cfg: DictConfig, channels_last: bool, optimizer_kwargs: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, Any, Any]:
+    """Network, loss and optimizer exactly as :func:`emseg.train.build` makes them
+    (``optimizer_kwargs``: extra optimizer arguments, e.g. ``fused=True``, for comparison)."""
+    L.seed_everything(int(cfg.seed), verbose=False)
+    optim_cfg = OmegaConf.create(OmegaConf.to_container(cfg.optim, resolve=True))
+    l2_last_two = float(optim_cfg.pop("l2_last_two", 0.0))
+    net = instantiate(cfg.model, in_channels=2 * int(cfg.data.context) + 1)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    factory = instantiate(optim_cfg)
+    optimizer = factory(params=param_groups(net, l2_last_two), **(optimizer_kwargs or {}))
+    return net.train(), instantiate(cfg.loss), optimizer
+
+
+def plain_steps(
+    cfg: DictConfig,
+    batches: list[Batch],
+    steps: int,
+    warmup: int,
+    precision: str,
+    channels_last: bool,
+    with_metrics: bool = False,
+    parts: tuple | None = None,
+    optimizer_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The hand-written loop: forward (autocast), loss, zero_grad, backward, step.
+
+    Args:
+        with_metrics: also do the per-step work of emseg's ``training_step`` beyond the loss
+            (sigmoid + torchmetrics update), to tell emseg's cost from Lightning's.
+        parts: ``(net, loss, optimizer)`` to continue training (default: fresh ones).
+        optimizer_kwargs: extra optimizer arguments (``foreach``/``fused`` implementations).
+
+    Returns:
+        ``{"step_s": summary, "phases_s": {forward, backward, optimizer}: medians}``.
+    """
+    net, loss_fn, optimizer = parts or _plain_parts(cfg, channels_last, optimizer_kwargs)
+    metrics = segmentation_metrics().clone(prefix="train/") if with_metrics else None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    times: list[float] = []
+    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    last = time.perf_counter()
+    for index, (image, target) in enumerate(islice(cycle(batches), warmup + steps)):
+        image = image.contiguous(memory_format=memory_format)
+        t0 = time.perf_counter()
+        with _autocast(precision):
+            logits = net(image).float()
+            loss = loss_fn(logits, target)
+        if metrics is not None:
+            if not torch.isfinite(loss):
+                raise RuntimeError("loss is not finite")
+            metrics.update(torch.sigmoid(logits.detach()), target.long())
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        if index >= warmup:
+            times.append(t3 - last)
+            phases["forward"].append(t1 - t0)
+            phases["backward"].append(t2 - t1)
+            phases["optimizer"].append(t3 - t2)
+        last = t3
+    return {
+        "times": times,
+        "step_s": summary(times),
+        "phases_s": {k: summary(v)["median"] for k, v in phases.items()},
+        "parts": (net, loss_fn, optimizer),
+    }
+
+
+class _InMemory(torch.utils.data.Dataset):
+    def __init__(self, batches: list[Batch], length: int) -> None:
+        self.batches, self.length = batches, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.batches[index % len(self.batches)]
+
+
+def lightning_steps(
+    cfg: DictConfig,
+    steps: int,
+    warmup: int,
+    batches: list[Batch] | None = None,
+) -> dict[str, Any]:
+    """The emseg LightningModule under the configured ``lightning.Trainer``.
+
+    Built by :func:`emseg.train.build` from ``cfg`` (callbacks, logger, precision plugin and
+    all); only validation and checkpointing are switched off by the caller's overrides, since
+    they happen once per epoch, not per step.
+
+    Args:
+        batches: train on these in-memory batches; ``None``: on the DataModule's own loader
+            (its worker processes compete with the step for the cores).
+    """
+    L.seed_everything(int(cfg.seed), verbose=False)
+    datamodule, module, trainer = build(cfg)
+    timer = StepTimer()
+    trainer.callbacks.append(timer)
+    # Lightning's summaries and progress bar go to stderr: stdout carries only the report.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+        if batches is None:
+            trainer.fit(module, datamodule=datamodule)
+        else:
+            loader = DataLoader(_InMemory(batches, warmup + steps), batch_size=None)
+            trainer.fit(module, train_dataloaders=loader)
+    seconds = timer.seconds()
+    return {
+        "step_s": summary(seconds[warmup:]),
+        "steps_run": len(seconds),
+        "precision": str(trainer.precision),
+        "channels_last": bool(module.hparams.channels_last),
+        "callbacks": [type(c).__name__ for c in trainer.callbacks],
+    }
+
+
+def step_flops(cfg: DictConfig, batch: Batch) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward; the optimizer's are negligible).
+
+    Counted in float32 with ``torch.utils.flop_counter.FlopCounterMode`` (the count does not
+    depend on the dtype).
+    """
+    net, loss_fn, _ = _plain_parts(cfg, channels_last=False)
+    image, target = batch
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(net(image), target).backward()
+    total = counter.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(image)
+        forward_only = counter.get_total_flops()
+    return {
+        "step_flops": float(total),
+        "forward_flops": float(forward_only),
+        "images": int(image.shape[0]),
+        "gflop_per_image_step": total / image.shape[0] / 1e9,
+    }
+
+
+def profile_steps(
+    cfg: DictConfig,
+    batches: list[Batch],
+    steps: int,
+    precision: str,
+    channels_last: bool,
+    row_limit: int = 20,
+) -> str:
+    """``torch.profiler`` table (top ops by self CPU time) of ``steps`` plain-loop steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    parts = plain_steps(cfg, batches, 0, 2, precision, channels_last)["parts"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        plain_steps(cfg, batches, steps, 0, precision, channels_last, parts=parts)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a large matrix product in fp32 and bf16: what this CPU can reach on dense
+    maths, a ceiling to read the network's GFLOP/s against."""
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        result[f"matmul_{name}_gflops"] = 2 * size**3 / min(times) / 1e9
+    return result
+
+
+def run(
+    cfg: DictConfig,
+    real_loader_cfg: DictConfig,
+    steps: int,
+    warmup: int,
+    grid_steps: int,
+    profile_n: int,
+) -> dict[str, Any]:
+    """The whole training section (see the module docstring)."""
+    precision, channels_last = str(cfg.trainer.precision), bool(cfg.channels_last)
+    batches = draw_batches(cfg, min(warmup + steps, 16))
+    log(f"training: {len(batches)} batches of {tuple(batches[0][0].shape)}, {precision}")
+    flops = step_flops(cfg, batches[0])
+    log("training: plain loop (block A)")
+    first = plain_steps(cfg, batches, steps, warmup, precision, channels_last)
+    log("training: Lightning Trainer")
+    lightning = lightning_steps(cfg, steps, warmup, batches)
+    log("training: plain loop (block B)")
+    second = plain_steps(cfg, batches, steps, warmup, precision, channels_last)
+    log("training: plain loop + emseg's per-step metrics")
+    with_metrics = plain_steps(cfg, batches, steps, warmup, precision, channels_last, True)
+    log("training: Lightning Trainer on the DataModule's own loader")
+    real = lightning_steps(real_loader_cfg, steps, warmup, None)
+
+    plain = summary(first["times"] + second["times"])
+    images = int(batches[0][0].shape[0])
+    grid = {}
+    for grid_precision, grid_cl in PRECISION_GRID:
+        key = f"{grid_precision}{'+channels_last' if grid_cl else ''}"
+        if (grid_precision, grid_cl) == (precision, channels_last):
+            grid[key] = {"step_s": plain, "auto": True}
+            continue
+        log(f"training: precision grid {key}")
+        result = plain_steps(cfg, batches, grid_steps, min(warmup, 3), grid_precision, grid_cl)
+        grid[key] = {"step_s": result["step_s"], "auto": False}
+    fastest = min(grid, key=lambda k: grid[k]["step_s"]["median"])
+    # The configured optimizer runs torch's default CPU implementation (a Python loop over the
+    # parameters); its multi-tensor and fused kernels do the same maths.
+    optimizers = {}
+    for name, kwargs in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        log(f"training: optimizer implementation {name}")
+        try:
+            result = plain_steps(
+                cfg,
+                batches,
+                grid_steps,
+                min(warmup, 3),
+                precision,
+                channels_last,
+                optimizer_kwargs=kwargs,
+            )
+        except (RuntimeError, TypeError, ValueError) as err:  # optimizer without that option
+            optimizers[name] = {"error": str(err)}
+            continue
+        optimizers[name] = {"step_s": result["step_s"], "phases_s": result["phases_s"]}
+    log("training: profile")
+    table = profile_steps(cfg, batches, profile_n, precision, channels_last)
+    peak = matmul_peak()
+    return {
+        "batch_shape": list(batches[0][0].shape),
+        "precision": precision,
+        "channels_last": channels_last,
+        "warmup_steps": warmup,
+        "plain": {"step_s": plain, "phases_s": first["phases_s"]},
+        "plain_with_metrics": {"step_s": with_metrics["step_s"]},
+        "lightning": lightning,
+        "lightning_ratio": lightning["step_s"]["median"] / plain["median"],
+        "lightning_ratio_vs_plain_with_metrics": lightning["step_s"]["median"]
+        / with_metrics["step_s"]["median"],
+        "lightning_real_loader": real,
+        "real_loader_ratio": real["step_s"]["median"] / lightning["step_s"]["median"],
+        "flops": flops,
+        "gflops_plain": flops["step_flops"] / plain["median"] / 1e9,
+        "gflops_lightning": flops["step_flops"] / lightning["step_s"]["median"] / 1e9,
+        "seconds_per_image": lightning["step_s"]["median"] / images,
+        "precision_grid": grid,
+        "fastest": fastest,
+        "optimizer_implementations": optimizers,
+        "auto_is_fastest": grid[fastest].get("auto", False),
+        "profile_table": table,
+        **peak,
+    }
+
+
+def bench_overrides(quick: bool, steps: int) -> list[str]:
+    """Overrides of the timed Trainer runs: one epoch of ``steps`` steps, no validation, no
+    checkpoint files (both happen once per epoch, not per step)."""
+    overrides = [
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.model_checkpoint=null",
+        "test_after_fit=false",
+    ]
+    if quick:
+        overrides += [
+            "data.patch_size=64",
+            "data.batch_size=2",
+            "data.val_slices=2",
+            "data.samples_per_epoch=64",
+        ]
+    return overrides
