@@ -29,6 +29,7 @@ RATIOS = [
     ("inference", "ratios", "tta_flips_vs_plain_median_slice"),
     ("inference", "ratios", "tta_d4_vs_plain_median_slice"),
     ("inference", "big", "default_vs_plain_median_slice"),
+    ("inference", "big", "tiles_1024_vs_plain_median_slice"),
     ("inference", "test", "default", "peak_rss_bytes"),
     ("inference", "big", "default", "peak_rss_bytes"),
     ("quality", "fp32_vs_auto_seconds"),

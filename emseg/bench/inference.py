@@ -125,14 +125,22 @@ def timing(
         t0 = time.perf_counter()
         make_big_volume(test_image, path, big_shape)
         big: dict[str, Any] = {"write_s": time.perf_counter() - t0, "path": str(path)}
-        for name, kind, limit in (
-            ("default", "predictor", big_slices),
-            ("plain", "plain", big_plain_slices),
-        ):
+        big_jobs = (
+            ("default", "predictor", big_slices, default),
+            ("plain", "plain", big_plain_slices, default),
+            (
+                "tiles_1024",
+                "predictor",
+                big_slices,
+                {**default, "tile_size": 1024, "overlap": 0.125},
+            ),
+        )
+        for name, kind, limit, settings in big_jobs:
             log(f"inference: {name} on {path.name} ({limit} slices)")
-            job = {"kind": kind, "input": str(path), "ckpt": ckpt, "settings": default}
+            job = {"kind": kind, "input": str(path), "ckpt": ckpt, "settings": settings}
             big[name] = run_isolated({**job, "limit": limit}, isolate)
         big["default_vs_plain_median_slice"] = _ratio(big["default"], big["plain"])
+        big["tiles_1024_vs_plain_median_slice"] = _ratio(big["tiles_1024"], big["plain"])
         path.unlink()
         out["big"] = big
     return out
@@ -157,6 +165,10 @@ def validation_quality(
         "default fp32": inference_settings("default", precision="32-true"),
         "one window, 64-px border": inference_settings("default", border_pad=64),
         "tiled (previous default)": inference_settings("tiled"),
+        "tiled 512/0.25, 32-px border (forced)": inference_settings("tiled", border_pad=32),
+        "tiled 1024/0.125, 32-px border (forced)": inference_settings(
+            "tiled", border_pad=32, tile_size=1024, overlap=0.125
+        ),
         "naive (report)": inference_settings("naive"),
     }
     results: dict[str, Any] = {}

@@ -68,7 +68,7 @@ def _sizes(args: argparse.Namespace) -> dict[str, Any]:
         "loader_batches": 5 if quick else 100,
         "loader_warmup": 1 if quick else 10,
         "test_slices": args.test_slices,
-        "subset_slices": args.subset_slices or (1 if quick else 8),
+        "subset_slices": args.subset_slices or (1 if quick else 16),
         "big_shape": None if args.no_big else tuple(int(v) for v in big.split(",")),
         "big_slices": args.big_slices or (1 if quick else 4),
         "big_plain_slices": 1 if quick else 2,
