@@ -148,7 +148,9 @@ def render(results: dict[str, Any]) -> str:
             "## Start-up",
             "",
             f"`{s['command']}` to its first training step: **{_f(s['seconds_to_first_step'], 1)} "
-            f"s** ({stages}); `import emseg.train` alone: {_f(s['import_s'], 1)} s.",
+            f"s** ({stages}); `import emseg.train` alone: {_f(s['import_s'], 1)} s; composing "
+            f"conf/train.yaml with Hydra (first time in a process): "
+            f"{_f(results.get('hydra_compose_s'), 2)} s.",
         ]
     if results.get("inference"):
         lines += _inference(results["inference"])

@@ -133,12 +133,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = synthetic_data(scratch / "data") if args.quick else None
     ckpt = args.ckpt if args.ckpt else (None if args.quick else find_checkpoint())
     started = time.perf_counter()
+    compose_config("train", TRAIN_OVERRIDES)  # the process's first (cold) Hydra compose
+    hydra_compose_s = time.perf_counter() - started
     results: dict[str, Any] = {
         "command": "python -m emseg.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "quick": bool(args.quick),
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
         "environment": environment(),
         "precision_rule": cuda_precision_rule(),
+        "hydra_compose_s": hydra_compose_s,
     }
     log(f"environment: {results['environment']}")
     steps, warmup = sizes["steps"], sizes["warmup"]
