@@ -164,6 +164,8 @@ def validation_quality(
         "default (auto precision)": inference_settings("default"),
         "default fp32": inference_settings("default", precision="32-true"),
         "one window, 64-px border": inference_settings("default", border_pad=64),
+        "one window, 16-px border": inference_settings("default", border_pad=16),
+        "one window, no border": inference_settings("default", border_pad=0),
         "tiled (previous default)": inference_settings("tiled"),
         "tiled 512/0.25, 32-px border (forced)": inference_settings("tiled", border_pad=32),
         "tiled 1024/0.125, 32-px border (forced)": inference_settings(
