@@ -14,7 +14,7 @@ import torch
 from emseg.hardware import auto_channels_last, auto_precision, cpu_has_native_bf16
 from emseg.resolvers import PROJECT_ROOT
 
-__all__ = ["cpu_model", "environment", "peak_rss_bytes"]
+__all__ = ["bf16_cpu_flags", "cpu_model", "environment", "peak_rss_bytes"]
 
 
 def cpu_model() -> str:
@@ -34,6 +34,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def bf16_cpu_flags() -> list[str]:
+    """The bf16/AMX ISA flags /proc/cpuinfo lists (what makes bf16 native rather than emulated)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return []
+    return sorted(f for f in flags if f in {"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
 
 
 def peak_rss_bytes() -> int:
@@ -74,6 +84,7 @@ def environment() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "native_bf16": cpu_has_native_bf16(),
+        "bf16_cpu_flags": bf16_cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "cuda": torch.cuda.get_device_name(0) if cuda else None,

@@ -100,7 +100,8 @@ def render(results: dict[str, Any]) -> str:
         f"{env['torch']} with {env['torch_threads']} threads, "
         f"`get_cpu_capability()` = `{env['cpu_capability']}`, "
         f"`_is_mkldnn_bf16_supported()` = {env['mkldnn_bf16_supported']}, native bf16 "
-        f"(AVX-512 BF16/AMX flags) = {env['native_bf16']}, CUDA: {env['cuda'] or 'none'}. "
+        f"= {env['native_bf16']} (CPU flags: {', '.join(env.get('bf16_cpu_flags') or []) or 'none'}"
+        f"), CUDA: {env['cuda'] or 'none'}. "
         f"Auto precision here: `{env['auto_precision_cpu']}`, channels_last "
         f"{env['auto_channels_last_cpu']}.",
         "",
