@@ -77,10 +77,10 @@ def draw_batches(cfg: DictConfig, count: int) -> list[Batch]:
     L.seed_everything(int(cfg.seed), verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    loader = DataLoader(
-        datamodule.train_set, batch_size=int(cfg.data.batch_size), shuffle=True, drop_last=True
-    )
-    return list(islice(iter(loader), count))
+    iterator = iter(datamodule.train_dataloader())
+    batches = [next(iterator) for _ in range(count)]
+    del iterator
+    return batches
 
 
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
