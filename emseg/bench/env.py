@@ -14,7 +14,14 @@ import torch
 from emseg.hardware import auto_channels_last, auto_precision, cpu_has_native_bf16
 from emseg.resolvers import PROJECT_ROOT
 
-__all__ = ["bf16_cpu_flags", "cpu_model", "environment", "peak_rss_bytes"]
+__all__ = [
+    "bf16_cpu_flags",
+    "cpu_model",
+    "environment",
+    "machine_busy_seconds",
+    "own_cpu_seconds",
+    "peak_rss_bytes",
+]
 
 
 def cpu_model() -> str:
@@ -44,6 +51,27 @@ def bf16_cpu_flags() -> list[str]:
     except OSError:
         return []
     return sorted(f for f in flags if f in {"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (/proc/stat: user, nice, system, irq,
+    softirq, steal), to tell afterwards how much of the machine others used during the run."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return None
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7) if i < len(fields))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its waited-for children (workers, subprocesses)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def peak_rss_bytes() -> int:

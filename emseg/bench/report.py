@@ -105,6 +105,9 @@ def render(results: dict[str, Any]) -> str:
         f"Auto precision here: `{env['auto_precision_cpu']}`, channels_last "
         f"{env['auto_channels_last_cpu']}.",
         "",
+        f"CPU seconds used by this run: {_f(results.get('own_cpu_seconds'), 0)}; by everything "
+        f"else on the machine meanwhile: {_f(results.get('other_cpu_seconds'), 0)}.",
+        "",
         "## Targets",
         "",
         "| target | value | limit | |",
