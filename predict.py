@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import emseg  # noqa: F401  (registers the config resolvers)
-from emseg.cli import run_or_exit
+from emseg.cli import launch, run_or_exit
 from emseg.predict import run
 
 
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

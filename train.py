@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import emseg  # noqa: F401  (registers the config resolvers)
-from emseg.cli import run_or_exit
+from emseg.cli import launch, run_or_exit
 from emseg.train import run
 
 
@@ -16,4 +16,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

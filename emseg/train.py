@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
@@ -55,8 +56,13 @@ def _split_optimizer(cfg: DictConfig) -> tuple[DictConfig, float]:
     return optim_cfg, l2_last_two
 
 
-def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+def _build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The configured callbacks; without a logger, those that only log (LR monitor) are left
+    out instead of failing, so that ``logger=none`` works with the default callbacks."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not has_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def _build_loggers(cfg: DictConfig) -> list:
@@ -111,18 +117,6 @@ def _check_distributed(trainer: L.Trainer) -> None:
         )
 
 
-def _seed_per_rank(cfg: DictConfig, trainer: L.Trainer) -> None:
-    """Give every DDP process its own random patches.
-
-    Patches come from torch's global generator; seeded alike (as ``seed_everything`` does
-    before the network is built, so that all ranks start from the same weights), every process
-    would draw the same patches when ``data.num_workers=0``. Loader workers are already
-    seeded per rank by Lightning.
-    """
-    if cfg.get("seed") is not None and trainer.world_size > 1:
-        L.seed_everything(int(cfg.seed) + trainer.global_rank, workers=True, verbose=False)
-
-
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
     """Instantiate the data module, the LightningModule and the Trainer from ``cfg``."""
     check_config(cfg)
@@ -140,7 +134,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L
     )
     loggers = _build_loggers(cfg)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers or False
+        cfg.trainer, callbacks=_build_callbacks(cfg, bool(loggers)), logger=loggers or False
     )
     return datamodule, module, trainer
 
@@ -167,7 +161,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _configure_threads(cfg)
     datamodule, module, trainer = build(cfg)
     _check_distributed(trainer)
-    _seed_per_rank(cfg, trainer)
     if trainer.is_global_zero:  # under DDP every process runs this function
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         record_environment(output_dir)

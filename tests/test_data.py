@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 
 from emseg.data import prepare
 from emseg.data.datamodule import EMDataModule
-from emseg.data.dataset import RandomPatchDataset, SliceDataset
+from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
 from emseg.data.transforms import RandomBrightnessContrast, RandomRot90, train_transforms
 from emseg.data.volume import read_mask, read_pair, read_volume, to_unit_float
 from emseg.errors import ConfigError, DataError
@@ -322,20 +322,50 @@ def test_patch_larger_than_slice_raises(toy_volume):
 
 
 @pytest.mark.parametrize("transform", [None, train_transforms()])
-def test_patch_sampling_is_deterministic(toy_volume, transform):
+def test_patch_depends_only_on_seed_and_key(toy_volume, transform):
+    """Same (seed, key): same patch, whatever the global RNG and the order of access."""
     image, mask = toy_volume
-    ds = RandomPatchDataset(image, mask, patch_size=32, length=6, transform=transform)
-
-    def draw() -> list[tuple[torch.Tensor, torch.Tensor]]:
-        torch.manual_seed(0)
-        return [ds[i] for i in range(6)]
-
-    first, second = draw(), draw()
-    for (img1, msk1), (img2, msk2) in zip(first, second, strict=True):
+    ds = RandomPatchDataset(image, mask, patch_size=32, length=6, transform=transform, seed=7)
+    torch.manual_seed(0)
+    forward = [ds[k] for k in range(6)]
+    torch.manual_seed(123)
+    backward = [ds[k] for k in reversed(range(6))][::-1]
+    for (img1, msk1), (img2, msk2) in zip(forward, backward, strict=True):
         assert torch.equal(img1, img2) and torch.equal(msk1, msk2)
-    torch.manual_seed(1)
-    other = ds[0]
-    assert not torch.equal(other[0], first[0][0])  # a different seed gives a different patch
+    assert not torch.equal(forward[0][0], forward[1][0])  # another key, another patch
+    other_seed = RandomPatchDataset(image, mask, 32, 6, transform=transform, seed=8)
+    assert not torch.equal(other_seed[0][0], forward[0][0])
+
+
+def test_patch_access_leaves_the_global_rng_alone(toy_volume):
+    image, mask = toy_volume
+    ds = RandomPatchDataset(image, mask, patch_size=32, length=4, transform=train_transforms())
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ds[0], ds[5]
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_dataset_seed_defaults_to_the_global_generator(toy_volume):
+    image, mask = toy_volume
+    seeds = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        seeds.append(RandomPatchDataset(image, mask, patch_size=32, length=4).seed)
+    assert seeds[0] == seeds[1]
+
+
+def test_epoch_patch_sampler_keys():
+    sampler = EpochPatchSampler(6)
+    assert list(sampler) == [0, 1, 2, 3, 4, 5] and len(sampler) == 6
+    sampler.set_epoch(2)
+    assert list(sampler) == [12, 13, 14, 15, 16, 17]
+    assert list(EpochPatchSampler(6, epoch=2)) == list(sampler)  # no dependence on history
+    shards = [list(EpochPatchSampler(7, num_replicas=2, rank=r, epoch=1)) for r in range(2)]
+    assert shards == [[7, 9, 11], [8, 10, 12]]  # equal, disjoint shards of epoch 1's keys
+    with pytest.raises(ValueError):
+        EpochPatchSampler(6, num_replicas=2, rank=2)
 
 
 def test_patch_does_not_modify_volume(toy_volume):

@@ -17,7 +17,7 @@ import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from emseg.data.dataset import RandomPatchDataset, SliceDataset
+from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
 from emseg.data.volume import read_pair
 from emseg.errors import ConfigError, DataError
 
@@ -40,7 +40,7 @@ class EMDataModule(L.LightningDataModule):
         samples_per_epoch: virtual epoch length in patches per device (``trainer.
             limit_train_batches`` sets the step budget; this only has to be at least that
             many batches). Under DDP the dataset holds ``samples_per_epoch x world size``
-            patches, which Lightning's distributed sampler splits between the processes, so
+            patches, which :class:`EpochPatchSampler` splits between the processes, so
             an epoch has the same number of steps on any number of devices.
         fg_fraction: share of patches centred on mitochondria.
         context: adjacent slices per side given as extra channels (2.5D); 0 for 2D.
@@ -52,6 +52,8 @@ class EMDataModule(L.LightningDataModule):
         multiprocessing_context: start method of loader workers; ``None`` picks ``fork`` where
             the process default is something else but fork exists (joblib's loky workers use
             spawn-like starts, under which the workers fail to start).
+        seed: seed of the training patch stream (``${seed}`` in the configs); ``None`` draws
+            it from torch's global generator when the volumes are loaded.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EMDataModule(L.LightningDataModule):
         train_transform: Callable | None = None,
         pin_memory: bool = False,
         multiprocessing_context: str | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in {
@@ -146,6 +149,7 @@ class EMDataModule(L.LightningDataModule):
                 mean=hp.mean,
                 std=hp.std,
                 transform=self.train_transform,
+                seed=hp.seed,
             )
             self.val_set = self._slices(image[split:], mask[split:])
             log.info(
@@ -182,19 +186,32 @@ class EMDataModule(L.LightningDataModule):
             dataset, num_replicas=world_size, rank=rank, shuffle=False
         )
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, workers: int) -> DataLoader:
+    def _train_sampler(self, dataset: Dataset) -> EpochPatchSampler:
+        """Patch keys of the current epoch for this process.
+
+        Lightning creates the first iterator of a fit (and of a resumed fit) before it calls
+        ``set_epoch``, and loader workers fetch their first keys at once: the sampler must
+        start at the epoch the fit loop is about to run, which it has restored by now.
+        """
+        world_size, rank = self._world()
+        trainer = self.trainer
+        epoch = 0
+        if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
+            epoch = int(trainer.fit_loop.epoch_progress.current.processed)
+        return EpochPatchSampler(len(dataset), num_replicas=world_size, rank=rank, epoch=epoch)
+
+    def _loader(self, dataset, batch_size: int, train: bool, workers: int) -> DataLoader:
         if dataset is None:
             raise DataError("the data module was used before setup() loaded its volumes")
-        sampler = None if shuffle else self._eval_sampler(dataset)
+        sampler = self._train_sampler(dataset) if train else self._eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
-            drop_last=shuffle,
+            drop_last=train,
             multiprocessing_context=self._worker_context() if workers > 0 else None,
         )
 
