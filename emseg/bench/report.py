@@ -122,6 +122,10 @@ def render(results: dict[str, Any]) -> str:
         else:
             value = _f(value)
         lines.append(f"| {name} | {value} | {limit} | {_met(target['met'])} |")
+    failed = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    for name, value in failed.items():
+        lines += ["", f"**Section {name} FAILED**: `{value['error']}`"]
+    results = {k: v for k, v in results.items() if k not in failed}
     train = results.get("training")
     if train:
         lines += _training(train)

@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -124,8 +125,12 @@ def cuda_precision_rule() -> dict[str, Any]:
     return rule
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the selected sections and return the results (also written to ``args.out``)."""
+def run(args: argparse.Namespace, partial: Path | None = None) -> dict[str, Any]:
+    """Run the selected sections and return the results.
+
+    Args:
+        partial: file to rewrite with the results so far after every section.
+    """
     sizes = _sizes(args)
     sections = args.sections.split(",")
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="emseg-bench-"))
@@ -148,42 +153,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps, warmup = sizes["steps"], sizes["warmup"]
     overrides = [*TRAIN_OVERRIDES, *training.bench_overrides(args.quick, warmup + steps)]
     cfg = compose_config("train", overrides, scratch / "train", data_dir)
+
+    def run_training() -> dict[str, Any]:
+        real = compose_config("train", overrides, scratch / "train_real", data_dir)
+        return training.run(cfg, real, steps, warmup, sizes["grid_steps"], sizes["profile_steps"])
+
+    def run_data() -> dict[str, Any]:
+        log("data: loader throughput")
+        data = pipeline.loader_throughput(cfg, sizes["loader_batches"], sizes["loader_warmup"])
+        step = (results.get("training") or {}).get("lightning", {}).get("step_s", {})
+        if "median" in step:
+            data["model_samples_per_s"] = int(cfg.data.batch_size) / step["median"]
+            data["loader_over_model"] = data["samples_per_s"] / data["model_samples_per_s"]
+        return data
+
+    def run_startup() -> dict[str, Any]:
+        log("startup: python train.py to the first step")
+        return startup.measure_startup(scratch / "startup")
+
+    def run_inference() -> dict[str, Any]:
+        return inference.timing(
+            Path(cfg.data.test_image),
+            ckpt,
+            scratch,
+            test_slices=sizes["test_slices"],
+            subset_slices=sizes["subset_slices"],
+            big_shape=sizes["big_shape"],
+            big_slices=sizes["big_slices"],
+            big_plain_slices=sizes["big_plain_slices"],
+            isolate=not args.quick,
+        )
+
+    def run_quality() -> dict[str, Any]:
+        return inference.validation_quality(
+            Path(cfg.data.train_image), Path(cfg.data.train_mask), int(cfg.data.val_slices), ckpt
+        )
+
+    runners = {
+        "training": run_training,
+        "data": run_data,
+        "startup": run_startup,
+        "inference": run_inference,
+        "quality": run_quality,
+    }
     try:
-        if "training" in sections:
-            real = compose_config("train", overrides, scratch / "train_real", data_dir)
-            results["training"] = training.run(
-                cfg, real, steps, warmup, sizes["grid_steps"], sizes["profile_steps"]
-            )
-        if "data" in sections:
-            log("data: loader throughput")
-            data = pipeline.loader_throughput(cfg, sizes["loader_batches"], sizes["loader_warmup"])
-            if "training" in results:
-                step = results["training"]["lightning"]["step_s"]["median"]
-                data["model_samples_per_s"] = int(cfg.data.batch_size) / step
-                data["loader_over_model"] = data["samples_per_s"] / data["model_samples_per_s"]
-            results["data"] = data
-        if "startup" in sections and not args.quick:
-            log("startup: python train.py to the first step")
-            results["startup"] = startup.measure_startup(scratch / "startup")
-        if "inference" in sections:
-            results["inference"] = inference.timing(
-                Path(cfg.data.test_image),
-                ckpt,
-                scratch,
-                test_slices=sizes["test_slices"],
-                subset_slices=sizes["subset_slices"],
-                big_shape=sizes["big_shape"],
-                big_slices=sizes["big_slices"],
-                big_plain_slices=sizes["big_plain_slices"],
-                isolate=not args.quick,
-            )
-        if "quality" in sections:
-            results["quality"] = inference.validation_quality(
-                Path(cfg.data.train_image),
-                Path(cfg.data.train_mask),
-                int(cfg.data.val_slices),
-                ckpt,
-            )
+        for name in SECTIONS:
+            if name not in sections or (name == "startup" and args.quick):
+                continue
+            try:
+                results[name] = runners[name]()
+            except Exception as err:
+                if args.quick:  # the tests must see failures
+                    raise
+                # A long run keeps the other sections' numbers; the report shows the error.
+                log(f"{name}: FAILED: {traceback.format_exc()}")
+                results[name] = {"error": f"{type(err).__name__}: {err}"}
+            if partial is not None:
+                partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -202,11 +228,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    results = run(args)
     # The committed record lives in experiments/bench; quick runs must never overwrite it.
     default_out = "outputs/bench_quick" if args.quick else "experiments/bench"
     out = args.out or PROJECT_ROOT / default_out
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "bench.partial.json"
+    results = run(args, partial)
+    partial.unlink(missing_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = render(results)
     (out / "bench.md").write_text(report)
