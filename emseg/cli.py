@@ -108,7 +108,8 @@ def launch(main: Callable[[], Any]) -> Any:
     here in one line. The variable is restored afterwards.
     """
     previous = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ.setdefault(_USER_FULL_ERROR, "1" if previous == "1" else "0")
+    inherited = os.environ.get(_USER_FULL_ERROR)  # set when a parent emseg process launched us
+    os.environ[_USER_FULL_ERROR] = inherited or ("1" if previous == "1" else "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return main()
@@ -118,6 +119,8 @@ def launch(main: Callable[[], Any]) -> Any:
             raise
         _exit_with(message)
     finally:
+        if inherited is None:
+            os.environ.pop(_USER_FULL_ERROR, None)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

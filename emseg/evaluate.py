@@ -12,7 +12,6 @@ used for the headline numbers.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics.classification import BinaryStatScores
 
+from emseg.atomic import write_json_atomic
 from emseg.data.volume import read_pair
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware
@@ -294,7 +294,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "seconds": seconds,
         "hardware": describe_hardware(),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(output_dir / "metrics.json", summary)
     _print_table(metrics, threshold, int(cfg.edge_band))
     log.info("wrote %s (%.1f s)", output_dir / "metrics.json", seconds)
     return metrics

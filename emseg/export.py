@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from emseg.atomic import temporary_sibling
 from emseg.errors import ConfigError, EmsegError
 from emseg.inference import Checkpoint, load_checkpoint
 from emseg.predict import check_output_path
@@ -256,7 +257,7 @@ def model_card(
 @contextlib.contextmanager
 def _staged(*paths: Path) -> Iterator[list[Path]]:
     """Temporary names for ``paths``: renamed over them by :func:`_commit`, else deleted."""
-    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    tmps = [temporary_sibling(p) for p in paths]
     try:
         yield tmps
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -104,6 +105,11 @@ def check_output_path(path: Path, key: str, overwrite: bool, inputs: Iterable[Pa
             raise ConfigError(f"{key}: {path} is also an input; choose another file name")
     if path.exists() and not overwrite:
         raise ConfigError(f"{key}: {path} already exists; pass overwrite=true to replace it")
+    try:  # root ignores permission bits: only trying tells whether the directory is writable
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot write to {path.parent} ({err.strerror})") from err
 
 
 class SliceWriter:

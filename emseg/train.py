@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,10 +19,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
+from emseg.atomic import write_json_atomic
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware
 from emseg.module import SegmentationModule
 from emseg.records import log_hparams, record_environment, run_hparams
+from emseg.run_dir import claim_run_dir
 
 __all__ = ["build", "check_config", "run"]
 
@@ -94,6 +97,15 @@ def _checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
+def _first_mismatch(err: RuntimeError) -> str:
+    """One line from torch's multi-line ``load_state_dict`` error: the first problem, counted."""
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    if not problems:
+        return str(err).strip()
+    more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{problems[0].rstrip('.')}{more}"
+
+
 def _check_distributed(trainer: L.Trainer) -> None:
     """Refuse DDP runs that would re-launch a whole Hydra multirun in every process.
 
@@ -161,7 +173,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _configure_threads(cfg)
     datamodule, module, trainer = build(cfg)
     _check_distributed(trainer)
-    if trainer.is_global_zero:  # under DDP every process runs this function
+    ckpt_path = _checkpoint_to_resume(cfg, output_dir)
+    # Under DDP every process runs this function; the run directory is rank zero's.
+    claim = (
+        claim_run_dir(output_dir, resuming=ckpt_path is not None)
+        if trainer.is_global_zero
+        else contextlib.nullcontext()
+    )
+    with claim:
+        return _fit_and_record(cfg, datamodule, module, trainer, ckpt_path)
+
+
+def _fit_and_record(
+    cfg: DictConfig,
+    datamodule: L.LightningDataModule,
+    module: SegmentationModule,
+    trainer: L.Trainer,
+    ckpt_path: str | None,
+) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         record_environment(output_dir)
     precision = str(cfg.trainer.precision)
@@ -176,7 +207,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             log_hparams(logger, hparams)
 
-    ckpt_path = _checkpoint_to_resume(cfg, output_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     start = time.perf_counter()
@@ -184,7 +214,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except RuntimeError as err:
         if ckpt_path and "state_dict" in str(err):  # checkpoint of another model
-            raise ConfigError(f"ckpt_path: {ckpt_path} does not fit this model ({err})") from err
+            raise ConfigError(
+                f"ckpt_path: {ckpt_path} does not fit this model ({_first_mismatch(err)})"
+            ) from err
         raise
     fit_seconds = time.perf_counter() - start
 
@@ -200,13 +232,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in results[0].items()})
     if trainer.is_global_zero:
         summary = {"metrics": metrics, "hparams": hparams}
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(output_dir / "metrics.json", summary)
     return metrics
 
 
+def _positive(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> None:
+    """Raise :class:`ConfigError` unless ``cfg.<key>`` is unset or a positive ``kind``."""
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    try:
+        number = kind(value)
+        valid = number > 0 and (kind is float or number == float(value))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        what = "a positive integer" if kind is int else "a positive number"
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Reject config values that would only fail deep inside training."""
-    if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) <= 0:
-        raise ConfigError(f"trainer.max_epochs must be positive, got {cfg.trainer.max_epochs}")
-    if float(cfg.optim.lr) <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    """Reject config values that would only fail deep inside training (or not at all)."""
+    _positive(cfg, "trainer.max_epochs", int)
+    _positive(cfg, "optim.lr", float)

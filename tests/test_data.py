@@ -588,6 +588,11 @@ def test_datamodule_patch_larger_than_slice(synthetic_data_dir):
         ("fg_fraction", -0.1),
         ("context", -1),
         ("num_workers", -1),
+        ("batch_size", "four"),
+        ("batch_size", 2.5),
+        ("patch_size", True),
+        ("fg_fraction", "half"),
+        ("context", 0.5),
     ],
 )
 def test_datamodule_rejects_bad_config(synthetic_data_dir, key, value):

@@ -86,15 +86,16 @@ class EMDataModule(L.LightningDataModule):
             "val_batch_size": val_batch_size,
             "std": std,
         }.items():
-            if value <= 0:
+            kind = (int, float) if name == "std" else int
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
                 per_device = " (per device)" if name.endswith("batch_size") else ""
-                raise ConfigError(f"data.{name}{per_device} must be positive, got {value}")
-        if not 0.0 <= fg_fraction <= 1.0:
-            raise ConfigError(f"data.fg_fraction must be in [0, 1], got {fg_fraction}")
-        if context < 0:
-            raise ConfigError(f"data.context must be >= 0, got {context}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+                what = "positive" if name == "std" else "a positive integer"
+                raise ConfigError(f"data.{name}{per_device} must be {what}, got {value!r}")
+        if not isinstance(fg_fraction, int | float) or not 0.0 <= fg_fraction <= 1.0:
+            raise ConfigError(f"data.fg_fraction must be in [0, 1], got {fg_fraction!r}")
+        for name, value in {"context": context, "num_workers": num_workers}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"data.{name} must be an integer >= 0, got {value!r}")
         self.save_hyperparameters(logger=False, ignore=["train_transform"])
         self.train_transform = train_transform
         self.train_set: RandomPatchDataset | None = None

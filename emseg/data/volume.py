@@ -7,7 +7,9 @@ Axes are always ``(Z, Y, X)``; a single 2D image is read as a volume with one sl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +17,42 @@ import tifffile
 
 from emseg.errors import DataError, require_file
 
-__all__ = ["read_volume", "read_mask", "read_pair", "to_unit_float"]
+__all__ = ["read_volume", "read_mask", "read_pair", "tifffile_errors", "to_unit_float"]
 
 _SUPPORTED_IMAGE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64, np.float16)
+
+
+@contextlib.contextmanager
+def tifffile_errors() -> Iterator[list[str]]:
+    """Collect the messages tifffile logs at ERROR level while the block runs.
+
+    tifffile does not raise on a broken page chain (e.g. a truncated multi-page file): it logs
+    an error and returns the pages it could read. A logging config (e.g. Hydra's job logging)
+    may have disabled its logger: it is re-enabled for the block, or no record would arrive.
+    """
+    errors = _ErrorRecords()
+    tiff_logger = logging.getLogger("tifffile")
+    was_disabled, tiff_logger.disabled = tiff_logger.disabled, False
+    tiff_logger.addHandler(errors)
+    try:
+        yield errors.messages
+    finally:
+        tiff_logger.removeHandler(errors)
+        tiff_logger.disabled = was_disabled
 
 
 def _read_tiff(path: str | Path) -> np.ndarray:
     path = Path(path)
     require_file(path, DataError)
-    # tifffile does not raise on a broken page chain (e.g. a truncated multi-page file): it logs
-    # an error and returns the pages it could read, so its error records are collected too.
-    errors = _ErrorRecords()
-    tiff_logger = logging.getLogger("tifffile")
-    # A logging config (e.g. Hydra's job logging) may have disabled the logger: re-enable it
-    # for the read, or the error records never arrive.
-    was_disabled, tiff_logger.disabled = tiff_logger.disabled, False
-    tiff_logger.addHandler(errors)
-    try:
-        array = tifffile.imread(path)
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
-        raise DataError(f"{path}: not a readable TIFF ({err})") from err
-    except Exception as err:  # corrupt compressed strips surface as codec-specific errors
-        raise DataError(f"{path}: corrupt TIFF data ({type(err).__name__}: {err})") from err
-    finally:
-        tiff_logger.removeHandler(errors)
-        tiff_logger.disabled = was_disabled
-    if errors.messages:
-        raise DataError(f"{path}: corrupt or truncated TIFF ({errors.messages[0]})")
+    with tifffile_errors() as errors:
+        try:
+            array = tifffile.imread(path)
+        except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
+            raise DataError(f"{path}: not a readable TIFF ({err})") from err
+        except Exception as err:  # corrupt compressed strips surface as codec-specific errors
+            raise DataError(f"{path}: corrupt TIFF data ({type(err).__name__}: {err})") from err
+    if errors:
+        raise DataError(f"{path}: corrupt or truncated TIFF ({errors[0]})")
     return np.asarray(array)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from emseg.data.dataset import context_slices
+from emseg.data.volume import tifffile_errors
 from emseg.errors import ConfigError, DataError, require_file
 from emseg.hardware import auto_channels_last, auto_precision
 from emseg.inference.checkpoint import Preprocessing
@@ -75,12 +76,18 @@ class TiffSlices:
     def __init__(self, path: str | Path) -> None:
         self.path = path = Path(path)
         require_file(path, DataError)
-        try:
-            self._tif = tifffile.TiffFile(path)
-            series = self._tif.series[0]
-            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
-        except Exception as err:  # tifffile raises many types for non-TIFF data
-            raise DataError(f"{path}: not a readable TIFF ({type(err).__name__}: {err})") from err
+        with tifffile_errors() as errors:
+            try:
+                self._tif = tifffile.TiffFile(path)
+                series = self._tif.series[0]
+                shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            except Exception as err:  # tifffile raises many types for non-TIFF data
+                raise DataError(
+                    f"{path}: not a readable TIFF ({type(err).__name__}: {err})"
+                ) from err
+        if errors:  # e.g. a truncated file: tifffile logs the broken page chain, never raises
+            self.close()
+            raise DataError(f"{path}: corrupt or truncated TIFF ({errors[0]})")
         # Same rule as emseg.data.volume.read_volume: (Y, X, 3|4) is RGB(A), not a volume.
         # (A (3|4, Y, X) stack, which tifffile may store as planar samples, is a volume.)
         rgb = len(shape) == 3 and shape[-1] in (3, 4)
