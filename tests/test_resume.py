@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,81 @@ def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
     wa = _weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
     wc = _weights(tmp_path / "c" / "checkpoints" / "last.ckpt")
     assert not all(torch.equal(wa[k], wc[k]) for k in wa), "the seed has no effect"
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_cfg):
+    """An exploding run (lr 1e30: the second step's loss is not finite) keeps epoch 1's file."""
+    from emseg.errors import EmsegError
+
+    run(tiny_cfg("trainer.limit_train_batches=3", "test_after_fit=false"))
+    out = Path(tiny_cfg().paths.output_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    (out / "metrics.json").unlink()
+    with pytest.raises(EmsegError, match="training loss became"):
+        run(
+            tiny_cfg(
+                "trainer.limit_train_batches=3",
+                "trainer.max_epochs=2",
+                "optim.lr=1e30",
+                "test_after_fit=false",
+                "resume=true",
+            )
+        )
+    assert last.read_bytes() == before, "the last good checkpoint was overwritten"
+    assert not (out / "metrics.json").exists()
+    assert not list(out.rglob(".*.tmp-*")) and not list(out.glob(".emseg-run.lock"))
+
+
+def _train_command(out: Path, data: Path, *extra: str) -> list[str]:
+    from tests.conftest import TINY_OVERRIDES
+
+    return [
+        sys.executable,
+        "train.py",
+        *TINY_OVERRIDES,
+        "trainer.max_epochs=6",
+        "trainer.limit_train_batches=4",
+        "test_after_fit=false",
+        "logger=none",
+        "seed=3",
+        f"paths.data_dir={data}",
+        f"hydra.run.dir={out}",
+        "hydra/job_logging=disabled",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.7])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, synthetic_data_dir, delay):
+    """``kill -9`` mid-run, then the same command with ``resume=true``: same final weights
+    and metrics, to the last bit, as a run that was never interrupted."""
+    from emseg.resolvers import PROJECT_ROOT
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(
+        _train_command(whole, synthetic_data_dir), cwd=PROJECT_ROOT, check=True, timeout=900
+    )
+    proc = subprocess.Popen(
+        _train_command(killed, synthetic_data_dir),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not (killed / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    assert (killed / ".emseg-run.lock").exists()  # left behind by the killed process
+    subprocess.run(
+        _train_command(killed, synthetic_data_dir, "resume=true"),
+        cwd=PROJECT_ROOT,
+        check=True,
+        timeout=900,
+    )
+    _assert_same_run(whole, killed)
