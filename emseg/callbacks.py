@@ -144,3 +144,35 @@ class EpochSummary(L.Callback):
             step,
             text,
         )
+
+
+class FitTimer(L.Callback):
+    """Training wall time of a run summed over every process that worked on it.
+
+    A resumed run starts a new process; its own clock would report only the part after the
+    resume. The total so far travels in each checkpoint (callback state), so ``fit_seconds``
+    in ``metrics.json`` covers the whole run: the time up to the checkpoint it resumed from
+    plus the time since (work lost after that checkpoint is not counted).
+    """
+
+    def __init__(self) -> None:
+        self.previous = 0.0
+        self._start: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of training so far, previous processes included."""
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
+        return self.previous + running
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous = float(state_dict.get("seconds", 0.0))

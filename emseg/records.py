@@ -6,7 +6,6 @@ so a result can be traced to the exact code and machine that produced it.
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import sys
@@ -19,24 +18,33 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from emseg.atomic import write_json_atomic
 from emseg.hardware import describe_hardware
 from emseg.resolvers import PROJECT_ROOT
 
 __all__ = ["git_commit", "record_environment", "run_hparams", "log_hparams", "HPARAM_METRICS"]
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """The commit of the code that runs, or ``unknown`` outside a git checkout."""
+    return (_git("rev-parse", "HEAD") or "").strip() or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (the commit alone does not describe the
+    code then); ``None`` outside a git checkout."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def _choices() -> dict[str, str]:
@@ -107,6 +115,7 @@ def record_environment(output_dir: Path) -> None:
     record = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "python": platform.python_version(),
         "packages": {
             "torch": torch.__version__,
@@ -117,4 +126,4 @@ def record_environment(output_dir: Path) -> None:
         },
         "hardware": describe_hardware(),
     }
-    (output_dir / "environment.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(output_dir / "environment.json", record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from emseg.atomic import write_json_atomic
+from emseg.callbacks import FitTimer
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware
 from emseg.module import SegmentationModule
@@ -65,7 +67,7 @@ def _build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not has_logger:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return callbacks
+    return [*callbacks, FitTimer()]  # bookkeeping for metrics.json, not an option
 
 
 def _build_loggers(cfg: DictConfig) -> list:
@@ -218,10 +220,12 @@ def _fit_and_record(
                 f"ckpt_path: {ckpt_path} does not fit this model ({_first_mismatch(err)})"
             ) from err
         raise
-    fit_seconds = time.perf_counter() - start
+    process_seconds = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics["fit_seconds"] = fit_seconds
+    timer = next((c for c in trainer.callbacks if isinstance(c, FitTimer)), None)
+    metrics["fit_seconds"] = timer.seconds if timer is not None else process_seconds
+    metrics["fit_seconds_this_process"] = process_seconds
     metrics["global_step"] = float(trainer.global_step)
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
@@ -243,7 +247,7 @@ def _positive(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> None:
         return
     try:
         number = kind(value)
-        valid = number > 0 and (kind is float or number == float(value))
+        valid = math.isfinite(number) and number > 0 and (kind is float or number == float(value))
     except (TypeError, ValueError):
         valid = False
     if not valid:

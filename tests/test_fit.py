@@ -74,6 +74,10 @@ def test_run_writes_metrics_checkpoints_and_events(tiny_cfg):
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    assert (out / "config.yaml").exists() and (out / "environment.json").exists()
+    assert (out / "config.yaml").exists()
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["command"] and len(environment["git_commit"]) in (40, 7)  # 7: "unknown"
+    assert environment["packages"]["torch"] == torch.__version__
+    assert {"git_dirty", "python", "hardware"} <= environment.keys()
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["emseg_config"]["model"]["encoder_name"] == "vgg16"

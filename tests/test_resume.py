@@ -23,6 +23,9 @@ def test_resume_continues_from_last_checkpoint(tiny_cfg):
     (out / "metrics.json").unlink()  # as if the run had been killed after its checkpoint
     resumed = run(tiny_cfg("trainer.max_epochs=2", "test_after_fit=false", "resume=true"))
     assert resumed["global_step"] == 4  # two more steps, not four from scratch
+    # fit_seconds spans both processes: the first one's time up to its checkpoint, plus this one
+    carried = resumed["fit_seconds"] - resumed["fit_seconds_this_process"]
+    assert 0 < carried <= first["fit_seconds"]
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4
     assert not list(out.rglob(".*.tmp-*")), "temporary checkpoint files left behind"
@@ -107,8 +110,18 @@ def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa), "the seed has no effect"
 
 
+class ExplodingLoss(torch.nn.BCEWithLogitsLoss):
+    """BCE whose value turns NaN from its second call on (``calls`` is reset by the test)."""
+
+    calls = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ExplodingLoss.calls += 1
+        loss = super().forward(logits, target)
+        return loss * float("nan") if ExplodingLoss.calls > 1 else loss
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_cfg):
-    """An exploding run (lr 1e30: the second step's loss is not finite) keeps epoch 1's file."""
     from emseg.errors import EmsegError
 
     run(tiny_cfg("trainer.limit_train_batches=3", "test_after_fit=false"))
@@ -116,16 +129,16 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_cf
     last = out / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     (out / "metrics.json").unlink()
-    with pytest.raises(EmsegError, match="training loss became"):
-        run(
-            tiny_cfg(
-                "trainer.limit_train_batches=3",
-                "trainer.max_epochs=2",
-                "optim.lr=1e30",
-                "test_after_fit=false",
-                "resume=true",
-            )
-        )
+    ExplodingLoss.calls = 0
+    cfg = tiny_cfg(
+        "trainer.limit_train_batches=3",
+        "trainer.max_epochs=2",
+        "loss._target_=tests.test_resume.ExplodingLoss",
+        "test_after_fit=false",
+        "resume=true",
+    )
+    with pytest.raises(EmsegError, match="training loss became nan at step 4"):
+        run(cfg)
     assert last.read_bytes() == before, "the last good checkpoint was overwritten"
     assert not (out / "metrics.json").exists()
     assert not list(out.rglob(".*.tmp-*")) and not list(out.glob(".emseg-run.lock"))
