@@ -25,7 +25,15 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-@pytest.mark.parametrize(("loss", "optim"), list(itertools.product(LOSSES, OPTIMS)))
+# Every loss and every optimizer in the fast suite; the rest of the cross product under -m slow.
+FAST_PAIRS = {("bce", "adam"), ("dice", "adagrad"), ("focal", "sgd"), ("bce_dice", "adam")}
+PAIRS = [
+    pytest.param(loss, optim, marks=() if (loss, optim) in FAST_PAIRS else pytest.mark.slow)
+    for loss, optim in itertools.product(LOSSES, OPTIMS)
+]
+
+
+@pytest.mark.parametrize(("loss", "optim"), PAIRS)
 def test_loss_decreases_on_an_easy_task(tiny_cfg, loss, optim):
     L.seed_everything(0)
     lr = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}[optim]

@@ -156,7 +156,7 @@ def test_datamodule_shards_between_processes(synthetic_data_dir):
     dm.trainer = SimpleNamespace(world_size=2, global_rank=0)
     with pytest.raises(ConfigError, match="data.val_slices=1 is smaller than the 2 DDP"):
         dm.setup("fit")
-    with pytest.raises(ConfigError, match=r"data.batch_size \(per device\) must be positive"):
+    with pytest.raises(ConfigError, match=r"data.batch_size .*must be a positive integer"):
         EMDataModule(**paths, **{**options, "batch_size": 0})
 
 
