@@ -133,7 +133,7 @@ def test_ablations_compose_and_differ_from_baseline_only_where_named(tiny_cfg, n
     assert [k for k, v in changed.items() if v] == ([] if name == "baseline" else [name])
 
 
-@pytest.mark.parametrize(("name", "steps"), [("full", (25, 60)), ("cpu", (20, 40))])
+@pytest.mark.parametrize(("name", "steps"), [("full", (25, 60)), ("cpu", (10, 32))])
 def test_budgets(tmp_path, synthetic_data_dir, name, steps):
     from tests.conftest import compose_train
 
