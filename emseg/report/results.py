@@ -123,17 +123,20 @@ def _metrics_table(baseline: RunRecord) -> list[str]:
 def _ablation_table(records: list[RunRecord]) -> list[str]:
     lines = [
         "| run | loss | optimizer (lr) | L2 last two | epochs x steps | train wall time | "
-        "accuracy (%) | fg IoU (%) | mean IoU (%) | Dice (%) | report accuracy (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "s/step (median, last epoch) | accuracy (%) | fg IoU (%) | mean IoU (%) | Dice (%) | "
+        "report accuracy (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         hp, m = r.train["hparams"], r.eval_metrics
         seconds = r.train["metrics"].get("fit_seconds", float("nan"))
+        # The step time shows whether a run's wall time was stretched by other load.
+        step = r.train["metrics"].get("perf/step_seconds", float("nan"))
         report = REPORT_ABLATION_ACCURACY.get(r.name)
         lines.append(
             f"| {r.name} | {hp['loss']} | {hp['optim']} ({hp['lr']:g}) | {hp['l2_last_two']:g} | "
             f"{hp['max_epochs']} x {hp['steps_per_epoch']} | {seconds / 60:.1f} min | "
-            f"{_pct(m['accuracy'])} | {_pct(m['fg_iou'])} | {_pct(m['mean_iou'])} | "
+            f"{step:.2f} | {_pct(m['accuracy'])} | {_pct(m['fg_iou'])} | {_pct(m['mean_iou'])} | "
             f"{_pct(m['dice'])} | {report if report is not None else '– (not run)'} |"
         )
     return lines
