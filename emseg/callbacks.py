@@ -108,11 +108,18 @@ class EpochSummary(L.Callback):
         self._epoch_start = 0.0
         self._batch_start = 0.0
         self._step_seconds: list[float] = []
+        self._validated = False
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._step_seconds = []
+        self._validated = False
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # With check_val_every_n_epoch > 1 the val/* values of other epochs are stale.
+        self._validated = self._validated or not trainer.sanity_checking
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -133,7 +140,9 @@ class EpochSummary(L.Callback):
         shown = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
-            if v.numel() == 1 and not k.endswith("_step")
+            if v.numel() == 1
+            and not k.endswith("_step")
+            and (self._validated or not k.startswith("val/"))
         }
         text = " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
         log.info(
