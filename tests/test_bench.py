@@ -145,3 +145,28 @@ def test_unknown_section_is_an_error(capsys):
 def test_make_bench_target_runs_the_module():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "bench: $(STAMP)" in makefile and "$(PY) -m emseg.bench" in makefile
+
+
+def test_peak_rss_of_a_worker_is_its_own(tmp_path):
+    """A worker started by a process holding a large buffer reports its own peak, not the
+    parent's (``ru_maxrss`` survives fork + exec; VmHWM does not)."""
+    import subprocess
+    import sys
+
+    from emseg.bench.env import peak_rss_bytes
+
+    ballast = bytearray(2 * 1024**3)  # 2 GiB resident in this process
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert peak_rss_bytes() > 2 * 1024**3
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from emseg.bench.env import peak_rss_bytes; print(peak_rss_bytes())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(done.stdout.strip()) < 1.5 * 1024**3  # torch's import alone: ~0.7 GiB
+    del ballast
