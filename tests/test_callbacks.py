@@ -25,15 +25,18 @@ def _epoch(callback: EpochSummary, trainer: SimpleNamespace, validate: bool) -> 
     callback.on_train_epoch_end(trainer, module)
 
 
-def test_stale_validation_metrics_are_not_shown(caplog):
-    metrics = {"train/loss": torch.tensor(0.5), "val/fg_iou": torch.tensor(0.25)}
-    trainer = SimpleNamespace(
-        callback_metrics=metrics,
+def _trainer(metrics: dict[str, float], sanity_checking: bool) -> SimpleNamespace:
+    return SimpleNamespace(
+        callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
         is_global_zero=True,
-        sanity_checking=False,
+        sanity_checking=sanity_checking,
         current_epoch=0,
         global_step=1,
     )
+
+
+def test_stale_validation_metrics_are_not_shown(caplog):
+    trainer = _trainer({"train/loss": 0.5, "val/fg_iou": 0.25}, sanity_checking=False)
     callback = EpochSummary()
     with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
         _epoch(callback, trainer, validate=True)
@@ -44,13 +47,7 @@ def test_stale_validation_metrics_are_not_shown(caplog):
 
 
 def test_sanity_check_does_not_count_as_validation(caplog):
-    trainer = SimpleNamespace(
-        callback_metrics={"val/fg_iou": torch.tensor(0.1)},
-        is_global_zero=True,
-        sanity_checking=True,
-        current_epoch=0,
-        global_step=1,
-    )
+    trainer = _trainer({"val/fg_iou": 0.1}, sanity_checking=True)
     callback = EpochSummary()
     with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
         _epoch(callback, trainer, validate=True)
