@@ -10,7 +10,7 @@ ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench
+	reproduce-report report bench quality quality-report
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -19,6 +19,10 @@ BUDGET ?= cpu
 ABLATIONS ?= baseline,dice,adagrad,l2,focal,sgd
 REPORT_RUNS ?= outputs/reproduce/$(BUDGET)
 REPORT_DIR ?= experiments/reproduce_report_$(BUDGET)
+# quality: issue 6's configurations (conf/experiment/fast.yaml, best.yaml), one fixed run
+# directory each, so that re-running the target resumes an unfinished training.
+QUALITY ?= fast
+QUALITY_RUNS ?= outputs/quality
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +61,25 @@ reproduce-report: data ## train + evaluate the report's runs and ablations, then
 	  fi; \
 	done
 	$(MAKE) report BUDGET=$(BUDGET)
+
+quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + snapshot checkpoints, rebuild experiments/quality
+	$(PY) train.py experiment=$(QUALITY) model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
+		test_after_fit=false hydra.run.dir=$(QUALITY_RUNS)/$(QUALITY) $(ARGS)
+	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
+	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
+	[ -f $$run/eval/metrics.json ] || \
+	  $(PY) eval.py ckpt_path=$$best progress=false hydra.run.dir=$$run/eval; \
+	[ -f $$run/eval_lucchipp/metrics.json ] || \
+	  $(PY) eval.py ckpt_path=$$best data=lucchipp progress=false hydra.run.dir=$$run/eval_lucchipp; \
+	for ckpt in $$run/checkpoints/snapshot-*.ckpt; do \
+	  out=$$run/eval_snapshots/$$(basename $$ckpt .ckpt); \
+	  [ -f $$out/metrics.json ] || \
+	    $(PY) eval.py ckpt_path=$$ckpt progress=false hydra.run.dir=$$out; \
+	done
+	$(MAKE) quality-report
+
+quality-report: $(STAMP) ## rebuild experiments/quality from the runs in experiments/quality/rows.yaml
+	$(PY) -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality
 
 report: $(STAMP) ## rebuild the report from existing run directories (no training)
 	$(PY) -m emseg.report.results --runs $(REPORT_RUNS) --out $(REPORT_DIR)

@@ -8,6 +8,10 @@ pixels along the four borders of every slice and for the interior, where tiles w
 context used to make the model weaker. The threshold that would maximise foreground IoU on
 this volume is reported for information only: it is fitted to the test data and is never
 used for the headline numbers.
+
+``split=val`` evaluates the checkpoint's validation hold-out (the last ``data.val_slices``
+slices of its training volume) the same way: inference and post-processing settings are chosen
+there, and the test volume is evaluated only for the chosen ones.
 """
 
 from __future__ import annotations
@@ -221,6 +225,25 @@ def _with_writer(probs: Iterator[np.ndarray], writer: SliceWriter | None) -> Ite
         yield prob
 
 
+def _validation_block(ckpt_config: dict[str, Any]) -> tuple[Path, Path, int]:
+    """The checkpoint's training image / mask and the first slice of its validation hold-out."""
+    data = ckpt_config.get("data", {})
+    try:
+        paths = Path(str(data["train_image"])), Path(str(data["train_mask"]))
+        val_slices = int(data["val_slices"])
+    except KeyError as err:
+        raise ConfigError(f"split=val: the checkpoint's config has no data.{err.args[0]}") from err
+    if val_slices <= 0:
+        raise ConfigError("split=val: the checkpoint was trained without a validation hold-out")
+    return *paths, val_slices
+
+
+def _drop_leading(probs: Iterator[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    for index, prob in enumerate(probs):
+        if index >= count:
+            yield prob
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on the whole test volume and write ``metrics.json``.
 
@@ -243,11 +266,25 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if limit is not None and int(limit) <= 0:
         raise ConfigError(f"limit_slices must be positive (or null), got {limit}")
 
+    split = str(cfg.get("split", "test"))
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be test or val, got {split}")
+
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    image_path, mask_path = _test_paths(cfg, checkpoint.config)
-    image, mask = read_pair(image_path, mask_path)
+    # Extra slices read before the evaluated block, so that 2.5D context at its first slice is
+    # the real neighbour (the validation block follows the training slices).
+    lead = 0
+    if split == "val":
+        image_path, mask_path, val_slices = _validation_block(checkpoint.config)
+        image, mask = read_pair(image_path, mask_path)
+        first = len(image) - val_slices
+        lead = min(first, checkpoint.preprocessing.context)
+        image, mask = image[first - lead :], mask[first:]
+    else:
+        image_path, mask_path = _test_paths(cfg, checkpoint.config)
+        image, mask = read_pair(image_path, mask_path)
     if limit is not None:
-        image, mask = image[: int(limit)], mask[: int(limit)]
+        image, mask = image[: lead + int(limit)], mask[: int(limit)]
     predictor: VolumePredictor = instantiate(cfg.inference)(
         model=checkpoint.net, preprocessing=checkpoint.preprocessing
     )
@@ -255,16 +292,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "evaluating %s on %s (%d slices) with %s",
         checkpoint.path,
         image_path,
-        len(image),
+        len(mask),
         predictor.describe(),
     )
     writer = None
     if cfg.get("save_predictions"):
-        writer = SliceWriter(output_dir / "predictions.tif", image.shape, np.uint8)
+        writer = SliceWriter(output_dir / "predictions.tif", mask.shape, np.uint8)
     try:
-        probs = median_filter_slices(predictor.predict(image), int(post.median_size))
+        probs = _drop_leading(predictor.predict(image), lead)
+        probs = median_filter_slices(probs, int(post.median_size))
         probs = progress_bar(
-            _with_writer(probs, writer), len(image), "evaluate", bool(cfg.get("progress", True))
+            _with_writer(probs, writer), len(mask), "evaluate", bool(cfg.get("progress", True))
         )
         metrics, counts = evaluate_volume(
             probs,
@@ -284,7 +322,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "metrics": metrics,
         "threshold": threshold,
         "edge_band": int(cfg.edge_band),
-        "slices": int(len(image)),
+        "split": split,
+        "slices": int(len(mask)),
         "counts": counts,
         "checkpoint": str(checkpoint.path),
         "test_image": str(image_path),

@@ -51,7 +51,7 @@ def test_adam_default_lr_is_the_reports(tiny_cfg):
 
 @pytest.mark.parametrize("name", options("scheduler"))
 def test_scheduler_instantiates(tiny_cfg, name):
-    node = tiny_cfg(f"scheduler={name}").scheduler
+    node = tiny_cfg(f"scheduler={name}", "trainer.max_epochs=3").scheduler
     if not node:
         assert name == "none"
         return
@@ -139,3 +139,22 @@ def test_budgets(tmp_path, synthetic_data_dir, name, steps):
 
     cfg = compose_train([f"budget={name}"], tmp_path, synthetic_data_dir)
     assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == steps
+
+
+def test_ema_callbacks_are_the_defaults_plus_ema(tiny_cfg):
+    default, ema = tiny_cfg().callbacks, tiny_cfg("callbacks=ema").callbacks
+    assert set(ema) == set(default) | {"ema"}
+    callback = instantiate(ema.ema)
+    assert type(callback).__name__ == "EMAWeightAveraging"
+
+
+def test_fast_experiment_is_what_its_record_claims(tmp_path, synthetic_data_dir):
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=fast"], tmp_path, synthetic_data_dir)
+    assert cfg.data.context == 1 and cfg.optim.lr == pytest.approx(3e-4)
+    assert set(cfg.loss.losses) == {"bce", "dice"}
+    assert cfg.scheduler._target_ == "emseg.schedulers.warmup_cosine"
+    assert cfg.scheduler.max_epochs == cfg.trainer.max_epochs == 32
+    assert "ema" in cfg.callbacks and cfg.callbacks.snapshots.every_n_epochs == 8
+    assert cfg.trainer.max_time == "00:02:00:00"

@@ -339,3 +339,19 @@ def test_eval_defaults_to_the_checkpoints_test_volume(tmp_path, monkeypatch, syn
     assert _test_paths(cfg, ckpt_config) == trained
     ckpt_config["data"]["test_image"] = str(tmp_path / "moved.tif")
     assert _test_paths(cfg, ckpt_config) == configured  # files gone: the data group
+
+
+def test_eval_split_val_scores_the_checkpoints_holdout(
+    tmp_path, tiny_checkpoint, synthetic_data_dir
+):
+    """split=val evaluates the last data.val_slices training slices, never the test volume."""
+    overrides = [f"ckpt_path={tiny_checkpoint}", "split=val", "save_predictions=true"]
+    run_eval(compose_cfg("eval", overrides, tmp_path))
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    config = torch.load(tiny_checkpoint, weights_only=False)["emseg_config"]["data"]
+    assert summary["split"] == "val" and summary["test_mask"] == config["train_mask"]
+    assert summary["slices"] == config["val_slices"] == 2
+    mask = tifffile.imread(config["train_mask"])
+    counts = summary["counts"]["all"]
+    assert counts["tp"] + counts["fn"] == int((mask[-2:] > 0).sum())
+    assert tifffile.imread(tmp_path / "predictions.tif").shape == (2, *mask.shape[1:])

@@ -89,3 +89,17 @@ def test_run_writes_metrics_checkpoints_and_events(tiny_cfg):
     assert {"git_dirty", "python", "hardware"} <= environment.keys()
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["emseg_config"]["model"]["encoder_name"] == "vgg16"
+
+
+def test_ema_run_checkpoints_the_averaged_weights_and_tests_them(tiny_cfg):
+    """With callbacks=ema the best checkpoint's state_dict (what eval.py loads) is the average,
+    the raw weights travel beside it for resume, and the after-fit test uses the average."""
+    cfg = tiny_cfg("callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_epochs=2")
+    metrics = run(cfg)
+    assert 0.0 <= metrics["test/fg_iou"] <= 1.0
+    best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    checkpoint = torch.load(best, weights_only=False)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    name = "net.segmentation_head.0.weight"
+    assert not torch.equal(averaged[name], raw[name])

@@ -1,0 +1,245 @@
+"""The quality table of issue 6: one row per experiment, read from finished run directories.
+
+``python -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality``
+
+``rows.yaml`` lists the experiments in order: ``name``, ``run`` (a ``train.py`` run directory
+with ``eval/metrics.json`` from ``eval.py`` beside its ``metrics.json``), ``change`` (what the
+row changes, in words) and optionally ``curve: true``. For a curve row every
+``eval_snapshots/<checkpoint>/metrics.json`` is a point of the test-fg-IoU-against-training-time
+plot; the training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
+time of a resumed run includes every process that trained it. Extra evaluations named
+``eval_<label>/metrics.json`` (e.g. ``eval_lucchipp``, ``eval_tta``) become extra columns.
+
+Every test-volume evaluation found is counted and the count is printed under the table:
+settings are chosen on the validation hold-out, and the count shows how often the test volume
+was looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from emseg.report.results import ReportError, RunRecord, load_run
+
+__all__ = ["QualityRow", "CurvePoint", "load_rows", "build_quality_report"]
+
+TARGETS = {"fast": 0.85, "best": 0.90}
+FAST_BUDGET_SECONDS = 2 * 3600
+
+
+@dataclass
+class CurvePoint:
+    """Test fg IoU of one checkpoint and the training seconds it had cost."""
+
+    checkpoint: str
+    fit_seconds: float
+    step: int
+    fg_iou: float
+
+
+@dataclass
+class QualityRow:
+    """One experiment: its training record, main evaluation and extra evaluations."""
+
+    name: str
+    change: str
+    record: RunRecord
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    @property
+    def test_evaluations(self) -> int:
+        """Evaluations of this run on a test volume (main, extra and curve points)."""
+        return 1 + len(self.extra) + len(self.curve)
+
+
+def checkpoint_progress(path: Path) -> tuple[float, int]:
+    """(training seconds, global step) stored in a Lightning checkpoint by ``FitTimer``."""
+    if not path.is_file():
+        raise ReportError(f"{path}: checkpoint of a curve point is missing")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = checkpoint.get("callbacks", {}).get("FitTimer")
+    if state is None:
+        raise ReportError(f"{path}: no FitTimer state (not written by emseg's train.py)")
+    return float(state["seconds"]), int(checkpoint.get("global_step", -1))
+
+
+def _read_eval(path: Path) -> dict[str, Any]:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def load_rows(spec_path: Path) -> list[QualityRow]:
+    """The rows of ``rows.yaml``; raise :class:`ReportError` naming anything missing."""
+    if not spec_path.is_file():
+        raise ReportError(f"{spec_path}: rows file not found")
+    spec = yaml.safe_load(spec_path.read_text()) or []
+    rows = []
+    for entry in spec:
+        missing = {"name", "run", "change"} - set(entry)
+        if missing:
+            raise ReportError(f"{spec_path}: row {entry} lacks {sorted(missing)}")
+        run = Path(entry["run"])
+        if not run.is_dir():
+            raise ReportError(f"{spec_path}: row {entry['name']}: run directory {run} not found")
+        record = load_run(run)
+        extra = {
+            p.name.removeprefix("eval_"): _read_eval(p)
+            for p in sorted(run.glob("eval_*"))
+            if p.is_dir() and p.name != "eval_snapshots" and (p / "metrics.json").is_file()
+        }
+        curve = []
+        if entry.get("curve"):
+            for point_dir in sorted((run / "eval_snapshots").glob("*/metrics.json")):
+                evaluation = json.loads(point_dir.read_text())
+                seconds, step = checkpoint_progress(Path(evaluation["checkpoint"]))
+                curve.append(
+                    CurvePoint(
+                        evaluation["checkpoint"], seconds, step, evaluation["metrics"]["fg_iou"]
+                    )
+                )
+            curve.sort(key=lambda p: p.fit_seconds)
+        rows.append(QualityRow(entry["name"], entry["change"], record, extra, curve))
+    if not rows:
+        raise ReportError(f"{spec_path}: no rows")
+    return rows
+
+
+def _row_line(row: QualityRow, extra_labels: list[str]) -> str:
+    r = row.record
+    m, t = r.eval_metrics, r.train["metrics"]
+    overrides = " ".join(o for o in r.overrides if not o.startswith("hydra.")) or "(defaults)"
+    cells = [
+        row.name,
+        row.change,
+        f"`{overrides}`",
+        f"{int(t.get('global_step', 0))}",
+        f"{t.get('fit_seconds', float('nan')) / 60:.0f} min",
+        f"{t.get('perf/step_seconds', float('nan')):.2f}",
+        f"{t.get('val/best_fg_iou', float('nan')):.4f}",
+        f"**{m['fg_iou']:.4f}**",
+        f"{m['mean_iou']:.4f}",
+        f"{m['dice']:.4f}",
+        f"{100 * m['accuracy']:.2f}",
+    ]
+    for label in extra_labels:
+        value = row.extra.get(label, {}).get("metrics", {}).get("fg_iou")
+        cells.append("–" if value is None else f"{value:.4f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def _plot(rows: list[QualityRow], out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for row in rows:
+        if row.curve:
+            xs = [p.fit_seconds / 60 for p in row.curve]
+            ax.plot(xs, [p.fg_iou for p in row.curve], "o-", label=row.name)
+    for name, target in TARGETS.items():
+        ax.axhline(target, ls="--", lw=0.8, color="grey")
+        ax.text(1, target + 0.003, f"{name} target {target:.2f}", fontsize=8, color="grey")
+    ax.axvline(FAST_BUDGET_SECONDS / 60, ls=":", lw=0.8, color="grey")
+    ax.set_xlabel("training wall time (min, validation included)")
+    ax.set_ylabel("test fg IoU (whole volume, threshold 0.5)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
+    """Write ``results.md``, ``results.json`` and ``fg_iou_vs_time.png`` into ``out_dir``."""
+    rows = load_rows(spec_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra_labels = sorted({label for row in rows for label in row.extra})
+    header = [
+        "experiment",
+        "change",
+        "overrides",
+        "steps",
+        "train wall time",
+        "s/step",
+        "best val fg IoU",
+        "test fg IoU",
+        "test mean IoU",
+        "test Dice",
+        "test acc (%)",
+        *[f"test fg IoU, {label}" for label in extra_labels],
+    ]
+    hardware = {str(row.record.environment.get("hardware", "?")) for row in rows}
+    precision = {str(row.record.train["hparams"].get("precision")) for row in rows}
+    lines = [
+        "# Quality experiments (issue 6)",
+        "",
+        f"Generated by `python -m emseg.report.quality --rows {spec_path}` from the run "
+        "directories it lists. Test numbers: `eval.py` on the best-validation checkpoint, the "
+        "whole EPFL test volume (165 slices), pooled confusion counts, threshold 0.5. "
+        "fg IoU = foreground (mitochondria) IoU; mean IoU = mean of background and foreground "
+        "IoU. Settings are chosen on the validation hold-out (last 16 training slices).",
+        "",
+        f"Hardware: {'; '.join(sorted(hardware))}. Precision: {', '.join(sorted(precision))}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *[_row_line(row, extra_labels) for row in rows],
+        "",
+        f"Test-volume evaluations counted in these run directories: "
+        f"{sum(row.test_evaluations for row in rows)}.",
+        "",
+    ]
+    if any(row.curve for row in rows):
+        _plot(rows, out_dir / "fg_iou_vs_time.png")
+        lines += ["## Test fg IoU against training wall time", "", "![](fg_iou_vs_time.png)", ""]
+        for row in rows:
+            for p in row.curve:
+                lines.append(
+                    f"- {row.name}: step {p.step}, {p.fit_seconds / 60:.1f} min, "
+                    f"test fg IoU {p.fg_iou:.4f} (`{Path(p.checkpoint).name}`)"
+                )
+        lines.append("")
+    (out_dir / "results.md").write_text("\n".join(lines))
+    summary = {
+        row.name: {
+            "change": row.change,
+            "overrides": row.record.overrides,
+            "train": row.record.train["metrics"],
+            "hparams": row.record.train["hparams"],
+            "eval": row.record.eval_metrics,
+            "extra_evals": {k: v["metrics"] for k, v in row.extra.items()},
+            "curve": [p.__dict__ for p in row.curve],
+        }
+        for row in rows
+    }
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir / "results.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit code."""
+    parser = argparse.ArgumentParser(description="Build the quality table of issue 6.")
+    parser.add_argument("--rows", type=Path, required=True, help="rows.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    args = parser.parse_args(argv)
+    try:
+        path = build_quality_report(args.rows, args.out)
+    except (ReportError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The quality table (issue 6) on fake run directories: rows, curve points, the test count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from emseg.report.quality import build_quality_report, main
+from emseg.report.results import ReportError
+from tests.test_report import _fake_eval, _fake_run
+
+
+@pytest.fixture
+def rows_file(tmp_path):
+    image, mask = tmp_path / "test.tif", tmp_path / "mask.tif"
+    base = _fake_run(tmp_path / "runs", "base", "bce", 0.70, image, mask)
+    fast = _fake_run(tmp_path / "runs", "fast", "bce_dice", 0.84, image, mask)
+    _fake_eval(fast / "eval_lucchipp", 0.86, image, mask, None)
+    for epoch, (seconds, fg_iou) in enumerate([(600.0, 0.75), (1800.0, 0.82)]):
+        ckpt = tmp_path / f"snapshot-epoch{epoch:03d}.ckpt"
+        torch.save(
+            {"global_step": 100 * (epoch + 1), "callbacks": {"FitTimer": {"seconds": seconds}}},
+            ckpt,
+        )
+        point = fast / "eval_snapshots" / ckpt.stem
+        _fake_eval(point, fg_iou, image, mask, None)
+        data = json.loads((point / "metrics.json").read_text())
+        data["checkpoint"] = str(ckpt)
+        (point / "metrics.json").write_text(json.dumps(data))
+    rows = [
+        {"name": "base", "run": str(base), "change": "reference"},
+        {"name": "fast", "run": str(fast), "change": "everything", "curve": True},
+    ]
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump(rows))
+    return path
+
+
+def test_table_rows_curve_and_test_count(rows_file, tmp_path):
+    out = tmp_path / "quality"
+    text = build_quality_report(rows_file, out).read_text()
+    assert "| base | reference | `ablation=base` |" in text
+    assert "**0.8400**" in text and "| 0.8600 |" in text  # fast: main and Lucchi++ columns
+    assert "test fg IoU, lucchipp" in text
+    # base: 1 evaluation; fast: main + lucchipp + 2 snapshots.
+    assert "Test-volume evaluations counted in these run directories: 5." in text
+    assert "step 100, 10.0 min, test fg IoU 0.7500" in text
+    assert "step 200, 30.0 min, test fg IoU 0.8200" in text
+    assert 1000 < (out / "fg_iou_vs_time.png").stat().st_size < 1_000_000
+    curve = json.loads((out / "results.json").read_text())["fast"]["curve"]
+    assert [p["fit_seconds"] for p in curve] == [600.0, 1800.0]
+
+
+def test_missing_run_or_snapshot_fails_with_its_name(rows_file, tmp_path):
+    rows = yaml.safe_load(rows_file.read_text())
+    snapshot = next((tmp_path / "runs" / "fast" / "eval_snapshots").glob("*/metrics.json"))
+    checkpoint = json.loads(snapshot.read_text())["checkpoint"]
+    torch.save({"global_step": 1}, checkpoint)
+    with pytest.raises(ReportError, match="FitTimer"):
+        build_quality_report(rows_file, tmp_path / "q")
+    rows[0]["run"] = str(tmp_path / "nowhere")
+    rows_file.write_text(yaml.safe_dump(rows))
+    assert main(["--rows", str(rows_file), "--out", str(tmp_path / "q2")]) == 2
