@@ -1,5 +1,5 @@
 """One timed inference pass over a TIFF volume, meant to run in a fresh process so that its
-peak RSS (``ru_maxrss``) is that of inference alone: ``python -m emseg.bench.infer_worker
+peak RSS (``VmHWM``) is that of inference alone: ``python -m emseg.bench.infer_worker
 '<json job>'`` prints one JSON line.
 
 Two kinds of pass, same network, precision and memory layout (resolved by
