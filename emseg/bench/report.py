@@ -258,7 +258,8 @@ def _inference(inf: dict[str, Any]) -> list[str]:
         "## Inference",
         "",
         f"Test volume {shape}, each pass in a fresh process (peak RSS = that process's "
-        f"`VmHWM`, its high-water mark), precision `{s['precision']}`, channels_last {s['channels_last']}, "
+        f"`VmHWM`, its high-water mark), precision `{s['precision']}`, "
+        f"channels_last {s['channels_last']}, "
         f"{default['threads']} threads. Default settings: max_window_area "
         f"{s['max_window_area']}, tile {s['tile_size']}, overlap {s['overlap']}, border "
         f"{s['border_pad']} ({s['padding_mode']}), {s['mode']}, TTA {s['tta']}.",

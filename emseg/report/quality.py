@@ -17,7 +17,6 @@ was looked at.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from emseg.report.results import ReportError, RunRecord, load_run
+from emseg.report.results import ReportError, RunRecord, load_run, report_cli
 
 __all__ = ["QualityRow", "CurvePoint", "load_rows", "build_quality_report"]
 
@@ -227,18 +226,8 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(description="Build the quality table of issue 6.")
-    parser.add_argument("--rows", type=Path, required=True, help="rows.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
-    args = parser.parse_args(argv)
-    try:
-        path = build_quality_report(args.rows, args.out)
-    except (ReportError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    """Command-line entry (``--rows rows.yaml``); returns the exit code."""
+    return report_cli(build_quality_report, "Build the quality table of issue 6.", "rows", argv)
 
 
 if __name__ == "__main__":

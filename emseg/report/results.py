@@ -15,6 +15,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import yaml
 
 from emseg.report.curves import plot_curves
 
-__all__ = ["RunRecord", "load_run", "find_runs", "build_report", "REPORT_VALUES"]
+__all__ = ["RunRecord", "load_run", "find_runs", "build_report", "REPORT_VALUES", "report_cli"]
 
 # Published in the seed report (accuracy in %, "IoU" unlabelled in the report).
 REPORT_VALUES = {"accuracy": 95.13, "iou": 73.74}
@@ -258,19 +259,27 @@ def _figures(baseline: RunRecord, out_dir: Path) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(description="Build the reproduction report.")
-    parser.add_argument("--runs", type=Path, required=True, help="directory of run directories")
+def report_cli(
+    build: Callable[[Path, Path], Path], description: str, source: str, argv: list[str] | None
+) -> int:
+    """A report command line: ``--<source> PATH --out DIR``, one error line and exit code 2 when
+    a run lacks what the report needs."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(f"--{source}", type=Path, required=True, dest="source")
     parser.add_argument("--out", type=Path, required=True, help="report directory")
     args = parser.parse_args(argv)
     try:
-        path = build_report(args.runs, args.out)
-    except (ReportError, FileNotFoundError) as err:
+        path = build(args.source, args.out)
+    except (ReportError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry (``--runs`` directory of run directories); returns the exit code."""
+    return report_cli(build_report, "Build the reproduction report.", "runs", argv)
 
 
 if __name__ == "__main__":
