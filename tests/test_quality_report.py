@@ -30,6 +30,11 @@ def rows_file(tmp_path):
         data = json.loads((point / "metrics.json").read_text())
         data["checkpoint"] = str(ckpt)
         (point / "metrics.json").write_text(json.dumps(data))
+    for name, fg_iou in (("border0", 0.91), ("tta_flips", 0.93)):
+        _fake_eval(fast / "val_choices" / name, fg_iou, image, mask, None)
+        data = json.loads((fast / "val_choices" / name / "metrics.json").read_text())
+        data["split"] = "val"
+        (fast / "val_choices" / name / "metrics.json").write_text(json.dumps(data))
     rows = [
         {"name": "base", "run": str(base), "change": "reference"},
         {"name": "fast", "run": str(fast), "change": "everything", "curve": True},
@@ -49,6 +54,7 @@ def test_table_rows_curve_and_test_count(rows_file, tmp_path):
     assert "Test-volume evaluations counted in these run directories: 5." in text
     assert "step 100, 10.0 min, test fg IoU 0.7500" in text
     assert "step 200, 30.0 min, test fg IoU 0.8200" in text
+    assert "| tta_flips |" in text and "| 0.9300 |" in text  # validation choices, not counted
     assert 1000 < (out / "fg_iou_vs_time.png").stat().st_size < 1_000_000
     curve = json.loads((out / "results.json").read_text())["fast"]["curve"]
     assert [p["fit_seconds"] for p in curve] == [600.0, 1800.0]

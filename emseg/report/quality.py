@@ -7,7 +7,9 @@ with ``eval/metrics.json`` from ``eval.py`` beside its ``metrics.json``), ``chan
 row changes, in words) and optionally ``curve: true``. For a curve row every
 ``eval_snapshots/<checkpoint>/metrics.json`` is a point of the test-fg-IoU-against-training-time
 plot; the training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
-time of a resumed run includes every process that trained it. Extra evaluations named
+time of a resumed run includes every process that trained it. ``val_choices/<name>/`` holds
+``eval.py split=val`` results (inference settings compared on the validation hold-out; they are
+not test evaluations). Extra evaluations named
 ``eval_<label>/metrics.json`` (e.g. ``eval_lucchipp``, ``eval_tta``) become extra columns.
 
 Every test-volume evaluation found is counted and the count is printed under the table:
@@ -53,6 +55,7 @@ class QualityRow:
     record: RunRecord
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
+    val_choices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def test_evaluations(self) -> int:
@@ -105,7 +108,14 @@ def load_rows(spec_path: Path) -> list[QualityRow]:
                     )
                 )
             curve.sort(key=lambda p: p.fit_seconds)
-        rows.append(QualityRow(entry["name"], entry["change"], record, extra, curve))
+        val_choices = {
+            p.parent.name: json.loads(p.read_text())
+            for p in sorted(run.glob("val_choices/*/metrics.json"))
+        }
+        for name, evaluation in val_choices.items():
+            if evaluation.get("split") != "val":
+                raise ReportError(f"{run}/val_choices/{name}: not an eval.py split=val result")
+        rows.append(QualityRow(entry["name"], entry["change"], record, extra, curve, val_choices))
     if not rows:
         raise ReportError(f"{spec_path}: no rows")
     return rows
@@ -132,6 +142,29 @@ def _row_line(row: QualityRow, extra_labels: list[str]) -> str:
         value = row.extra.get(label, {}).get("metrics", {}).get("fg_iou")
         cells.append("–" if value is None else f"{value:.4f}")
     return "| " + " | ".join(cells) + " |"
+
+
+def _val_choice_table(row: QualityRow) -> list[str]:
+    """Inference / post-processing settings of one run compared on the validation hold-out."""
+    lines = [
+        f"## {row.name}: inference settings on the validation hold-out",
+        "",
+        f"`eval.py split=val` on `{Path(str(row.record.evaluation.get('checkpoint'))).name}`, "
+        "the last 16 training slices (never the test volume); directories "
+        f"`{row.record.path}/val_choices/*`.",
+        "",
+        "| setting | border | TTA | median | fg IoU | edge fg IoU | interior fg IoU | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, evaluation in row.val_choices.items():
+        m, inference = evaluation["metrics"], evaluation.get("inference", {})
+        lines.append(
+            f"| {name} | {inference.get('border_pad')} | {inference.get('tta')} | "
+            f"{evaluation.get('postprocess', {}).get('median_size')} | {m['fg_iou']:.4f} | "
+            f"{m['edge_fg_iou']:.4f} | {m['interior_fg_iou']:.4f} | "
+            f"{evaluation.get('seconds', float('nan')):.0f} |"
+        )
+    return [*lines, ""]
 
 
 def _plot(rows: list[QualityRow], out_png: Path) -> None:
@@ -198,6 +231,9 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
         f"{sum(row.test_evaluations for row in rows)}.",
         "",
     ]
+    for row in rows:
+        if row.val_choices:
+            lines += _val_choice_table(row)
     if any(row.curve for row in rows):
         _plot(rows, out_dir / "fg_iou_vs_time.png")
         lines += ["## Test fg IoU against training wall time", "", "![](fg_iou_vs_time.png)", ""]
@@ -218,6 +254,7 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
             "eval": row.record.eval_metrics,
             "extra_evals": {k: v["metrics"] for k, v in row.extra.items()},
             "curve": [p.__dict__ for p in row.curve],
+            "val_choices": {k: v["metrics"] for k, v in row.val_choices.items()},
         }
         for row in rows
     }
