@@ -10,7 +10,7 @@ ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench quality quality-report
+	reproduce-report report bench quality quality-val quality-report
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -23,6 +23,9 @@ REPORT_DIR ?= experiments/reproduce_report_$(BUDGET)
 # directory each, so that re-running the target resumes an unfinished training.
 QUALITY ?= fast
 QUALITY_RUNS ?= outputs/quality
+# eval.py overrides for the test evaluations, the settings chosen on the validation hold-out
+# (experiments/quality/README.md), e.g. QUALITY_EVAL_ARGS='inference.border_pad=0'.
+QUALITY_EVAL_ARGS ?=
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -68,15 +71,26 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
 	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
 	[ -f $$run/eval/metrics.json ] || \
-	  $(PY) eval.py ckpt_path=$$best progress=false hydra.run.dir=$$run/eval; \
+	  $(PY) eval.py ckpt_path=$$best $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$run/eval; \
 	[ -f $$run/eval_lucchipp/metrics.json ] || \
-	  $(PY) eval.py ckpt_path=$$best data=lucchipp progress=false hydra.run.dir=$$run/eval_lucchipp; \
+	  $(PY) eval.py ckpt_path=$$best data=lucchipp $(QUALITY_EVAL_ARGS) progress=false \
+	    hydra.run.dir=$$run/eval_lucchipp; \
 	for ckpt in $$run/checkpoints/snapshot-*.ckpt; do \
 	  out=$$run/eval_snapshots/$$(basename $$ckpt .ckpt); \
 	  [ -f $$out/metrics.json ] || \
-	    $(PY) eval.py ckpt_path=$$ckpt progress=false hydra.run.dir=$$out; \
+	    $(PY) eval.py ckpt_path=$$ckpt $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$out; \
 	done
 	$(MAKE) quality-report
+
+quality-val: $(STAMP) ## compare inference settings for experiment=$(QUALITY) on the validation hold-out (eval.py split=val)
+	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
+	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
+	for choice in "border32:" "border0:inference.border_pad=0" "border64:inference.border_pad=64" \
+	    "median3:postprocess.median_size=3" "tta_flips:inference.tta=flips"; do \
+	  name=$${choice%%:*}; args=$${choice#*:}; out=$$run/val_choices/$$name; \
+	  [ -f $$out/metrics.json ] || \
+	    $(PY) eval.py ckpt_path=$$best split=val $$args progress=false hydra.run.dir=$$out; \
+	done
 
 quality-report: $(STAMP) ## rebuild experiments/quality from the runs in experiments/quality/rows.yaml
 	$(PY) -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality
