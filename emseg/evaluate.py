@@ -16,6 +16,7 @@ there, and the test volume is evaluated only for the chosen ones.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -238,12 +239,6 @@ def _validation_block(ckpt_config: dict[str, Any]) -> tuple[Path, Path, int]:
     return *paths, val_slices
 
 
-def _drop_leading(probs: Iterator[np.ndarray], count: int) -> Iterator[np.ndarray]:
-    for index, prob in enumerate(probs):
-        if index >= count:
-            yield prob
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on the whole test volume and write ``metrics.json``.
 
@@ -299,7 +294,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("save_predictions"):
         writer = SliceWriter(output_dir / "predictions.tif", mask.shape, np.uint8)
     try:
-        probs = _drop_leading(predictor.predict(image), lead)
+        probs = itertools.islice(predictor.predict(image), lead, None)
         probs = median_filter_slices(probs, int(post.median_size))
         probs = progress_bar(
             _with_writer(probs, writer), len(mask), "evaluate", bool(cfg.get("progress", True))
