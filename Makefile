@@ -10,7 +10,7 @@ ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench quality quality-val quality-report
+	reproduce-report report bench quality quality-val quality-ablations quality-report
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -26,6 +26,19 @@ QUALITY_RUNS ?= outputs/quality
 # eval.py overrides for the test evaluations, the settings chosen on the validation hold-out
 # (experiments/quality/README.md), e.g. QUALITY_EVAL_ARGS='inference.border_pad=0'.
 QUALITY_EVAL_ARGS ?=
+# quality-ablations: each run removes one of experiment=fast's changes (baseline = none removed).
+QUALITY_ABLATIONS ?= baseline,fast_2d,fast_bce,fast_no_ema,fast_fg_half
+# quality-val: name:override,override,... per candidate, evaluated one after another on the
+# validation hold-out: single changes against the default inference first, then greedy
+# combinations of the ones that helped (experiments/quality/README.md).
+QUALITY_VAL_CHOICES ?= border32: border0:inference.border_pad=0 border64:inference.border_pad=64 \
+	median3:postprocess.median_size=3 tta_flips:inference.tta=flips \
+	border0_median3:inference.border_pad=0,postprocess.median_size=3 \
+	border0_median3_flips:inference.border_pad=0,postprocess.median_size=3,inference.tta=flips \
+	border0_median3_d4:inference.border_pad=0,postprocess.median_size=3,inference.tta=d4 \
+	border0_median5:inference.border_pad=0,postprocess.median_size=5 \
+	border0_median7:inference.border_pad=0,postprocess.median_size=7 \
+	border0_median5_flips:inference.border_pad=0,postprocess.median_size=5,inference.tta=flips
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -85,12 +98,17 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 quality-val: $(STAMP) ## compare inference settings for experiment=$(QUALITY) on the validation hold-out (eval.py split=val)
 	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
 	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
-	for choice in "border32:" "border0:inference.border_pad=0" "border64:inference.border_pad=64" \
-	    "median3:postprocess.median_size=3" "tta_flips:inference.tta=flips"; do \
+	for choice in $(QUALITY_VAL_CHOICES); do \
 	  name=$${choice%%:*}; args=$${choice#*:}; out=$$run/val_choices/$$name; \
 	  [ -f $$out/metrics.json ] || \
-	    $(PY) eval.py ckpt_path=$$best split=val $$args progress=false hydra.run.dir=$$out; \
+	    $(PY) eval.py ckpt_path=$$best split=val checkpoint_settings=false $${args//,/ } progress=false hydra.run.dir=$$out; \
 	done
+
+quality-ablations: data ## leave-one-out runs of experiment=fast_short, compared on the validation hold-out (~18 min each)
+	$(PY) train.py -m experiment=fast_short ablation=$(QUALITY_ABLATIONS) \
+		model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
+		hydra.sweep.dir=$(QUALITY_RUNS)/ablations hydra.sweep.subdir='$${hydra.runtime.choices.ablation}' \
+		$(ARGS)
 
 quality-report: $(STAMP) ## rebuild experiments/quality from the runs in experiments/quality/rows.yaml
 	$(PY) -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality

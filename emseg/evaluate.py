@@ -33,10 +33,11 @@ from rich.table import Table
 from torchmetrics.classification import BinaryStatScores
 
 from emseg.atomic import write_json_atomic
-from emseg.data.volume import read_pair
-from emseg.errors import ConfigError
+from emseg.data.volume import read_mask, read_pair
+from emseg.errors import ConfigError, DataError
 from emseg.hardware import describe_hardware
 from emseg.inference import VolumePredictor, load_checkpoint
+from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
 from emseg.metrics import ThresholdSweep, binary_scores
 from emseg.postprocess import (
     check_postprocess_args,
@@ -226,6 +227,38 @@ def _with_writer(probs: Iterator[np.ndarray], writer: SliceWriter | None) -> Ite
         yield prob
 
 
+def _extra_targets(
+    extra_masks: Any, split: str, mask: np.ndarray, limit: int | None
+) -> dict[str, np.ndarray]:
+    """The further label volumes of ``extra_masks`` (name -> mask path), checked against ``mask``."""
+    if not extra_masks:
+        return {}
+    if split != "test":
+        raise ConfigError("extra_masks label the test volume: they need split=test")
+    targets = {}
+    for name, path in dict(extra_masks).items():
+        target = read_mask(str(path))
+        target = target if limit is None else target[: int(limit)]
+        if target.shape != mask.shape:
+            raise DataError(
+                f"extra_masks.{name}: {path} has shape {target.shape} but the test mask has "
+                f"{mask.shape}; they must label the same volume"
+            )
+        targets[str(name)] = target
+    return targets
+
+
+def _scored_against(
+    probs: Iterator[np.ndarray], scores: dict[str, VolumeScores], targets: dict[str, np.ndarray]
+) -> Iterator[np.ndarray]:
+    """Pass the probability slices on, scoring each against every extra target on the way."""
+    for z, prob in enumerate(probs):
+        for name, score in scores.items():
+            score.update_probs(prob, targets[name][z])
+            score.update_prediction(prob > score.threshold, targets[name][z])
+        yield prob
+
+
 def _validation_block(ckpt_config: dict[str, Any]) -> tuple[Path, Path, int]:
     """The checkpoint's training image / mask and the first slice of its validation hold-out."""
     data = ckpt_config.get("data", {})
@@ -266,6 +299,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split must be test or val, got {split}")
 
     checkpoint = load_checkpoint(cfg.ckpt_path)
+    applied = apply_checkpoint_settings(cfg, checkpoint.config, command_line_overrides())
+    check_postprocess_args(post.median_size, post.min_size, post.connectivity)
     # Extra slices read before the evaluated block, so that 2.5D context at its first slice is
     # the real neighbour (the validation block follows the training slices).
     lead = 0
@@ -280,6 +315,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         image, mask = read_pair(image_path, mask_path)
     if limit is not None:
         image, mask = image[: lead + int(limit)], mask[: int(limit)]
+    extra_targets = _extra_targets(cfg.get("extra_masks"), split, mask, limit)
+    if extra_targets and int(post.min_size) > 0:
+        raise ConfigError("extra_masks cannot be combined with postprocess.min_size > 0")
+    extra_scores = {name: VolumeScores(int(cfg.edge_band), threshold) for name in extra_targets}
     predictor: VolumePredictor = instantiate(cfg.inference)(
         model=checkpoint.net, preprocessing=checkpoint.preprocessing
     )
@@ -296,6 +335,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         probs = itertools.islice(predictor.predict(image), lead, None)
         probs = median_filter_slices(probs, int(post.median_size))
+        probs = _scored_against(probs, extra_scores, extra_targets)
         probs = progress_bar(
             _with_writer(probs, writer), len(mask), "evaluate", bool(cfg.get("progress", True))
         )
@@ -325,10 +365,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "test_mask": str(mask_path),
         "inference": predictor.describe(),
         "postprocess": {k: int(post[k]) for k in ("median_size", "min_size", "connectivity")},
+        "checkpoint_settings": applied,
+        "extra_masks": {
+            name: {
+                "test_mask": str(cfg.extra_masks[name]),
+                "metrics": score.compute(),
+                "counts": score.counts(),
+            }
+            for name, score in extra_scores.items()
+        },
         "seconds": seconds,
         "hardware": describe_hardware(),
     }
     write_json_atomic(output_dir / "metrics.json", summary)
     _print_table(metrics, threshold, int(cfg.edge_band))
+    for name, extra in summary["extra_masks"].items():
+        log.info("fg_iou against extra_masks.%s: %.4f", name, extra["metrics"]["fg_iou"])
     log.info("wrote %s (%.1f s)", output_dir / "metrics.json", seconds)
     return metrics

@@ -36,6 +36,7 @@ from rich.progress import (
 
 from emseg.errors import ConfigError
 from emseg.inference import Preprocessing, TiffSlices, VolumePredictor, load_checkpoint
+from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
 from emseg.postprocess import (
     check_postprocess_args,
     median_filter_slices,
@@ -242,6 +243,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         slices = stack.enter_context(TiffSlices(input_path))
         checkpoint = load_checkpoint(cfg.ckpt_path)
+        if apply_checkpoint_settings(cfg, checkpoint.config, command_line_overrides()):
+            check_postprocess_args(post.median_size, post.min_size, post.connectivity)
+            if int(post.min_size) > 0 and mask_output is None:
+                raise ConfigError(
+                    "the checkpoint's evaluation settings remove small components "
+                    "(postprocess.min_size): also set mask_output=<mask.tif>, or "
+                    "postprocess.min_size=0"
+                )
         predictor: VolumePredictor = instantiate(cfg.inference)(
             model=checkpoint.net, preprocessing=checkpoint.preprocessing
         )

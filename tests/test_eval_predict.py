@@ -355,3 +355,30 @@ def test_eval_split_val_scores_the_checkpoints_holdout(
     counts = summary["counts"]["all"]
     assert counts["tp"] + counts["fn"] == int((mask[-2:] > 0).sum())
     assert tifffile.imread(tmp_path / "predictions.tif").shape == (2, *mask.shape[1:])
+
+
+def test_eval_scores_extra_masks_from_the_same_predictions(
+    tmp_path, tiny_checkpoint, synthetic_data_dir
+):
+    data = synthetic_data_dir
+    same = data / "epfl" / "testing_groundtruth.tif"
+    other = data / "lucchipp" / "testing_groundtruth.tif"
+    overrides = [
+        f"ckpt_path={tiny_checkpoint}",
+        f"paths.data_dir={data}",
+        "limit_slices=3",
+        f"+extra_masks.same={same}",
+        f"+extra_masks.lucchipp={other}",
+    ]
+    metrics = run_eval(compose_cfg("eval", overrides, tmp_path))
+    extra = json.loads((tmp_path / "metrics.json").read_text())["extra_masks"]
+    assert extra["same"]["metrics"] == pytest.approx(metrics)
+    mask = tifffile.imread(other)[:3] > 0
+    counts = extra["lucchipp"]["counts"]["all"]
+    assert counts["tp"] + counts["fn"] == int(mask.sum())
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="extra_masks.wrong"):
+        run_eval(compose_cfg("eval", [*overrides[:3], f"+extra_masks.wrong={wrong}"], tmp_path))
+    with pytest.raises(ConfigError, match="split=test"):
+        run_eval(compose_cfg("eval", [*overrides, "split=val"], tmp_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -35,9 +36,34 @@ def rows_file(tmp_path):
         data = json.loads((fast / "val_choices" / name / "metrics.json").read_text())
         data["split"] = "val"
         (fast / "val_choices" / name / "metrics.json").write_text(json.dumps(data))
+    # A second evaluation of the same run (other inference settings), scoring a second label
+    # volume in its own pass.
+    _fake_eval(fast / "eval_tta", 0.87, image, mask, None)
+    data = json.loads((fast / "eval_tta" / "metrics.json").read_text())
+    data["extra_masks"] = {"lucchipp": {"metrics": {"fg_iou": 0.89}}}
+    data["inference"], data["postprocess"] = {"border_pad": 0, "tta": "d4"}, {"median_size": 3}
+    (fast / "eval_tta" / "metrics.json").write_text(json.dumps(data))
+    # Leave-one-out runs: validation only.
+    for name, best in (("short_ref", 0.80), ("short_2d", 0.77)):
+        run = _fake_run(tmp_path / "runs", name, "bce_dice", 0.0, image, mask)
+        record = json.loads((run / "metrics.json").read_text())
+        record["metrics"].update({"val/best_fg_iou": best, "global_step": 600})
+        (run / "metrics.json").write_text(json.dumps(record))
+        shutil.rmtree(run / "eval")
     rows = [
         {"name": "base", "run": str(base), "change": "reference"},
-        {"name": "fast", "run": str(fast), "change": "everything", "curve": True},
+        {
+            "name": "fast",
+            "run": str(fast),
+            "change": "everything",
+            "curve": True,
+            "extra": {"lucchipp": "eval_lucchipp"},
+        },
+        {"name": "best", "run": str(fast), "eval": "eval_tta", "change": "+ TTA"},
+        {"name": "short_ref", "run": str(tmp_path / "runs" / "short_ref"), "change": "-",
+         "split": "val"},
+        {"name": "short_2d", "run": str(tmp_path / "runs" / "short_2d"), "change": "2D",
+         "split": "val"},
     ]
     path = tmp_path / "rows.yaml"
     path.write_text(yaml.safe_dump(rows))
@@ -50,8 +76,14 @@ def test_table_rows_curve_and_test_count(rows_file, tmp_path):
     assert "| base | reference | `ablation=base` |" in text
     assert "**0.8400**" in text and "| 0.8600 |" in text  # fast: main and Lucchi++ columns
     assert "test fg IoU, lucchipp" in text
-    # base: 1 evaluation; fast: main + lucchipp + 2 snapshots.
-    assert "Test-volume evaluations counted in these run directories: 5." in text
+    # best: same run, its own evaluation; Lucchi++ scored in that evaluation's pass.
+    assert "| border 0, TTA d4, median 3 |" in text and "**0.8700**" in text
+    assert "| 0.8900 |" in text
+    # base: 1 evaluation; fast: main + lucchipp + eval_tta + 2 snapshots; the val-only runs and
+    # val_choices none.
+    assert "Test-volume evaluations counted in these run directories: 6." in text
+    assert "| short_2d | 2D | `ablation=short_2d` | 600 | 2 min | 0.7700 | -0.0300 |" in text
+    assert "**0.0000**" not in text  # no test cell for a validation-only run
     assert "step 100, 10.0 min, test fg IoU 0.7500" in text
     assert "step 200, 30.0 min, test fg IoU 0.8200" in text
     assert "| tta_flips |" in text and "| 0.9300 |" in text  # validation choices, not counted

@@ -2,19 +2,29 @@
 
 ``python -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality``
 
-``rows.yaml`` lists the experiments in order: ``name``, ``run`` (a ``train.py`` run directory
-with ``eval/metrics.json`` from ``eval.py`` beside its ``metrics.json``), ``change`` (what the
-row changes, in words) and optionally ``curve: true``. For a curve row every
-``eval_snapshots/<checkpoint>/metrics.json`` is a point of the test-fg-IoU-against-training-time
-plot; the training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
-time of a resumed run includes every process that trained it. ``val_choices/<name>/`` holds
-``eval.py split=val`` results (inference settings compared on the validation hold-out; they are
-not test evaluations). Extra evaluations named
-``eval_<label>/metrics.json`` (e.g. ``eval_lucchipp``, ``eval_tta``) become extra columns.
+``rows.yaml`` lists the experiments in order. Keys of a row:
 
-Every test-volume evaluation found is counted and the count is printed under the table:
-settings are chosen on the validation hold-out, and the count shows how often the test volume
-was looked at.
+* ``name``, ``change`` (what the row changes, in words), ``run`` (a ``train.py`` run directory);
+* ``eval``: the sub-directory of ``run`` with the row's ``eval.py`` result (default ``eval``);
+  several rows may share a run and differ in their evaluation (inference settings);
+* ``extra``: ``{label: sub-directory}`` of further evaluations shown as columns (e.g. a
+  ``data=lucchipp`` evaluation); labels scored in the main evaluation's own pass
+  (``extra_masks``) become columns as well;
+* ``curve``: a sub-directory whose ``*/metrics.json`` are evaluations of snapshot checkpoints,
+  the points of the test-fg-IoU-against-training-time plot (``true`` = ``eval_snapshots``).
+  The training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
+  time of a resumed run includes every process that trained it;
+* ``split: val``: a run compared on the validation hold-out only (the leave-one-out
+  ablations): no test evaluation, shown in a table of its own with its difference from the
+  first such row (the reference).
+
+``val_choices/<name>/`` of a run holds ``eval.py split=val`` results (inference settings
+compared on the validation hold-out; not test evaluations).
+
+Every test-volume evaluation found in the listed run directories is counted (each ``eval.py``
+pass over the test images once, whichever label volumes it scored) and the count is printed
+under the table: settings are chosen on the validation hold-out, and the count shows how often
+the test volume was looked at.
 """
 
 from __future__ import annotations
@@ -56,11 +66,7 @@ class QualityRow:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     val_choices: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def test_evaluations(self) -> int:
-        """Evaluations of this run on a test volume (main, extra and curve points)."""
-        return 1 + len(self.extra) + len(self.curve)
+    val_only: bool = False
 
 
 def checkpoint_progress(path: Path) -> tuple[float, int]:
@@ -75,60 +81,96 @@ def checkpoint_progress(path: Path) -> tuple[float, int]:
 
 
 def _read_eval(path: Path) -> dict[str, Any]:
+    if not (path / "metrics.json").is_file():
+        raise ReportError(f"{path}: missing metrics.json (eval.py)")
     return json.loads((path / "metrics.json").read_text())
+
+
+def _curve(directory: Path) -> list[CurvePoint]:
+    points = []
+    for point_file in sorted(directory.glob("*/metrics.json")):
+        evaluation = json.loads(point_file.read_text())
+        seconds, step = checkpoint_progress(Path(evaluation["checkpoint"]))
+        points.append(
+            CurvePoint(evaluation["checkpoint"], seconds, step, evaluation["metrics"]["fg_iou"])
+        )
+    return sorted(points, key=lambda p: p.fit_seconds)
+
+
+def _load_row(entry: dict[str, Any], spec_path: Path) -> QualityRow:
+    missing = {"name", "run", "change"} - set(entry)
+    if missing:
+        raise ReportError(f"{spec_path}: row {entry} lacks {sorted(missing)}")
+    run = Path(entry["run"])
+    if not run.is_dir():
+        raise ReportError(f"{spec_path}: row {entry['name']}: run directory {run} not found")
+    val_only = entry.get("split", "test") == "val"
+    record = load_run(run, None if val_only else entry.get("eval", "eval"))
+    extra = {label: _read_eval(run / sub) for label, sub in (entry.get("extra") or {}).items()}
+    for label, scored in record.evaluation.get("extra_masks", {}).items():
+        extra.setdefault(label, scored)
+    curve_dir = entry.get("curve")
+    curve = _curve(run / ("eval_snapshots" if curve_dir is True else curve_dir)) if curve_dir else []
+    val_choices = {
+        p.parent.name: json.loads(p.read_text())
+        for p in sorted(run.glob("val_choices/*/metrics.json"))
+    }
+    for name, evaluation in val_choices.items():
+        if evaluation.get("split") != "val":
+            raise ReportError(f"{run}/val_choices/{name}: not an eval.py split=val result")
+    return QualityRow(
+        entry["name"], entry["change"], record, extra, curve, val_choices, val_only
+    )
 
 
 def load_rows(spec_path: Path) -> list[QualityRow]:
     """The rows of ``rows.yaml``; raise :class:`ReportError` naming anything missing."""
     if not spec_path.is_file():
         raise ReportError(f"{spec_path}: rows file not found")
-    spec = yaml.safe_load(spec_path.read_text()) or []
-    rows = []
-    for entry in spec:
-        missing = {"name", "run", "change"} - set(entry)
-        if missing:
-            raise ReportError(f"{spec_path}: row {entry} lacks {sorted(missing)}")
-        run = Path(entry["run"])
-        if not run.is_dir():
-            raise ReportError(f"{spec_path}: row {entry['name']}: run directory {run} not found")
-        record = load_run(run)
-        extra = {
-            p.name.removeprefix("eval_"): _read_eval(p)
-            for p in sorted(run.glob("eval_*"))
-            if p.is_dir() and p.name != "eval_snapshots" and (p / "metrics.json").is_file()
-        }
-        curve = []
-        if entry.get("curve"):
-            for point_dir in sorted((run / "eval_snapshots").glob("*/metrics.json")):
-                evaluation = json.loads(point_dir.read_text())
-                seconds, step = checkpoint_progress(Path(evaluation["checkpoint"]))
-                curve.append(
-                    CurvePoint(
-                        evaluation["checkpoint"], seconds, step, evaluation["metrics"]["fg_iou"]
-                    )
-                )
-            curve.sort(key=lambda p: p.fit_seconds)
-        val_choices = {
-            p.parent.name: json.loads(p.read_text())
-            for p in sorted(run.glob("val_choices/*/metrics.json"))
-        }
-        for name, evaluation in val_choices.items():
-            if evaluation.get("split") != "val":
-                raise ReportError(f"{run}/val_choices/{name}: not an eval.py split=val result")
-        rows.append(QualityRow(entry["name"], entry["change"], record, extra, curve, val_choices))
+    rows = [_load_row(entry, spec_path) for entry in yaml.safe_load(spec_path.read_text()) or []]
     if not rows:
         raise ReportError(f"{spec_path}: no rows")
     return rows
 
 
+def count_test_evaluations(runs: list[Path]) -> int:
+    """``eval.py`` passes over a test volume stored anywhere under the given run directories."""
+    found = set()
+    for run in {r.resolve() for r in runs}:
+        for path in run.rglob("metrics.json"):
+            if path.parent == run or "val_choices" in path.parts:
+                continue
+            evaluation = json.loads(path.read_text())
+            if "counts" in evaluation and evaluation.get("split", "test") == "test":
+                found.add(path)
+    return len(found)
+
+
+def _overrides(row: QualityRow) -> str:
+    overrides = " ".join(o for o in row.record.overrides if not o.startswith("hydra."))
+    return overrides or "(defaults)"
+
+
+def _inference_cell(row: QualityRow) -> str:
+    """The evaluation's settings that differ from conf/inference and conf/postprocess defaults."""
+    evaluation = row.record.evaluation
+    inference, post = evaluation.get("inference", {}), evaluation.get("postprocess", {})
+    parts = [f"border {inference.get('border_pad')}"]
+    if inference.get("tta", "none") != "none":
+        parts.append(f"TTA {inference['tta']}")
+    if post.get("median_size"):
+        parts.append(f"median {post['median_size']}")
+    return ", ".join(parts)
+
+
 def _row_line(row: QualityRow, extra_labels: list[str]) -> str:
     r = row.record
     m, t = r.eval_metrics, r.train["metrics"]
-    overrides = " ".join(o for o in r.overrides if not o.startswith("hydra.")) or "(defaults)"
     cells = [
         row.name,
         row.change,
-        f"`{overrides}`",
+        f"`{_overrides(row)}`",
+        _inference_cell(row),
         f"{int(t.get('global_step', 0))}",
         f"{t.get('fit_seconds', float('nan')) / 60:.0f} min",
         f"{t.get('perf/step_seconds', float('nan')):.2f}",
@@ -142,6 +184,30 @@ def _row_line(row: QualityRow, extra_labels: list[str]) -> str:
         value = row.extra.get(label, {}).get("metrics", {}).get("fg_iou")
         cells.append("–" if value is None else f"{value:.4f}")
     return "| " + " | ".join(cells) + " |"
+
+
+def _ablation_table(rows: list[QualityRow]) -> list[str]:
+    """Validation-only rows (leave-one-out runs) against the first of them, the reference."""
+    if not rows:
+        return []
+    reference = rows[0].record.train["metrics"].get("val/best_fg_iou", float("nan"))
+    lines = [
+        "## Leave-one-out runs, compared on the validation hold-out",
+        "",
+        "Each run removes one change of the reference; no test evaluation (none was chosen).",
+        "",
+        "| run | change | overrides | steps | train wall time | best val fg IoU | vs reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        t = row.record.train["metrics"]
+        best = t.get("val/best_fg_iou", float("nan"))
+        lines.append(
+            f"| {row.name} | {row.change} | `{_overrides(row)}` | {int(t.get('global_step', 0))} "
+            f"| {t.get('fit_seconds', float('nan')) / 60:.0f} min | {best:.4f} | "
+            f"{best - reference:+.4f} |"
+        )
+    return [*lines, ""]
 
 
 def _val_choice_table(row: QualityRow) -> list[str]:
@@ -193,13 +259,17 @@ def _plot(rows: list[QualityRow], out_png: Path) -> None:
 
 def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
     """Write ``results.md``, ``results.json`` and ``fg_iou_vs_time.png`` into ``out_dir``."""
-    rows = load_rows(spec_path)
+    all_rows = load_rows(spec_path)
+    rows = [row for row in all_rows if not row.val_only]
+    if not rows:
+        raise ReportError(f"{spec_path}: no row with a test evaluation")
     out_dir.mkdir(parents=True, exist_ok=True)
     extra_labels = sorted({label for row in rows for label in row.extra})
     header = [
         "experiment",
         "change",
         "overrides",
+        "inference",
         "steps",
         "train wall time",
         "s/step",
@@ -210,8 +280,9 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
         "test acc (%)",
         *[f"test fg IoU, {label}" for label in extra_labels],
     ]
-    hardware = {str(row.record.environment.get("hardware", "?")) for row in rows}
-    precision = {str(row.record.train["hparams"].get("precision")) for row in rows}
+    hardware = {str(row.record.environment.get("hardware", "?")) for row in all_rows}
+    precision = {str(row.record.train["hparams"].get("precision")) for row in all_rows}
+    test_count = count_test_evaluations([row.record.path for row in all_rows])
     lines = [
         "# Quality experiments (issue 6)",
         "",
@@ -227,12 +298,14 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
         "|" + "---|" * len(header),
         *[_row_line(row, extra_labels) for row in rows],
         "",
-        f"Test-volume evaluations counted in these run directories: "
-        f"{sum(row.test_evaluations for row in rows)}.",
+        f"Test-volume evaluations counted in these run directories: {test_count}.",
         "",
+        *_ablation_table([row for row in all_rows if row.val_only]),
     ]
+    seen_choices: set[Path] = set()
     for row in rows:
-        if row.val_choices:
+        if row.val_choices and row.record.path not in seen_choices:
+            seen_choices.add(row.record.path)
             lines += _val_choice_table(row)
     if any(row.curve for row in rows):
         _plot(rows, out_dir / "fg_iou_vs_time.png")
@@ -251,13 +324,16 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
             "overrides": row.record.overrides,
             "train": row.record.train["metrics"],
             "hparams": row.record.train["hparams"],
-            "eval": row.record.eval_metrics,
+            "eval": row.record.evaluation.get("metrics"),
+            "inference": row.record.evaluation.get("inference"),
+            "postprocess": row.record.evaluation.get("postprocess"),
             "extra_evals": {k: v["metrics"] for k, v in row.extra.items()},
             "curve": [p.__dict__ for p in row.curve],
             "val_choices": {k: v["metrics"] for k, v in row.val_choices.items()},
         }
-        for row in rows
+        for row in all_rows
     }
+    summary["test_evaluations"] = test_count
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out_dir / "results.md"
 

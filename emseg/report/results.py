@@ -58,12 +58,18 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_run(path: Path) -> RunRecord:
-    """Read one run directory; raise :class:`ReportError` naming anything missing."""
-    evaluation = _read_json(path / "eval" / "metrics.json", "whole-volume evaluation, eval.py")
-    for key in ("accuracy", "fg_iou", "mean_iou", "dice"):
-        if key not in evaluation.get("metrics", {}):
-            raise ReportError(f"{path}/eval/metrics.json: no '{key}'")
+def load_run(path: Path, eval_dir: str | None = "eval") -> RunRecord:
+    """Read one run directory; raise :class:`ReportError` naming anything missing.
+
+    ``eval_dir``: the sub-directory holding the run's whole-volume evaluation (``eval.py``);
+    None for a run that is compared on validation only (its evaluation is then empty).
+    """
+    evaluation: dict[str, Any] = {}
+    if eval_dir is not None:
+        evaluation = _read_json(path / eval_dir / "metrics.json", "whole-volume evaluation, eval.py")
+        for key in ("accuracy", "fg_iou", "mean_iou", "dice"):
+            if key not in evaluation.get("metrics", {}):
+                raise ReportError(f"{path}/{eval_dir}/metrics.json: no '{key}'")
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     config_file = path / "config.yaml"

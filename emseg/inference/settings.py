@@ -1,0 +1,96 @@
+"""Inference settings that travel with a model, as nnU-Net's chosen post-processing does.
+
+Which border padding, test-time augmentation or 3D median filter suits a model is an empirical
+question answered on its validation hold-out (``eval.py split=val``, ``make quality-val``). The
+answer belongs to the model, not to whoever runs it later: a training config's ``evaluation``
+block (``evaluation.inference.*``, ``evaluation.postprocess.*``; see conf/experiment/fast.yaml)
+is stored in every checkpoint, and ``eval.py`` / ``predict.py`` apply it on top of
+conf/inference and conf/postprocess. What the command line sets explicitly always wins: a key
+(``inference.tta=none``) replaces the checkpoint's value for that key, a group choice
+(``inference=naive``) replaces the checkpoint's whole block for that group, and
+``checkpoint_settings=false`` ignores the block altogether (how settings are compared from the
+plain defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from emseg.errors import ConfigError
+
+__all__ = ["SETTING_GROUPS", "apply_checkpoint_settings", "command_line_overrides"]
+
+log = logging.getLogger(__name__)
+
+SETTING_GROUPS = ("inference", "postprocess")
+
+
+def command_line_overrides() -> list[str]:
+    """This Hydra job's command-line overrides; none outside Hydra (a config built in code)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _explicit_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys and groups a Hydra command line sets (``inference.tta``, ``inference``)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group for o in parsed}
+
+
+def _flatten(block: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in block.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def apply_checkpoint_settings(
+    cfg: DictConfig, ckpt_config: Mapping[str, Any], overrides: Sequence[str]
+) -> dict[str, Any]:
+    """Write the checkpoint's ``evaluation`` settings into ``cfg`` unless the command line set them.
+
+    Args:
+        cfg: the composed eval / predict config (changed in place).
+        ckpt_config: the checkpoint's training config (``Checkpoint.config``).
+        overrides: the command line's Hydra overrides (``HydraConfig.get().overrides.task``).
+
+    Returns:
+        The settings applied, as ``{"inference.border_pad": 0, ...}`` (empty if none).
+
+    Raises:
+        ConfigError: the checkpoint names a setting that conf/inference or conf/postprocess
+            does not have.
+    """
+    block = ckpt_config.get("evaluation") or {}
+    if not cfg.get("checkpoint_settings", True) or not block:
+        return {}
+    explicit = _explicit_keys(overrides)
+    applied: dict[str, Any] = {}
+    for group in SETTING_GROUPS:
+        if group in explicit or not block.get(group):
+            continue
+        for key, value in _flatten(block[group], f"{group}.").items():
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise ConfigError(
+                    f"the checkpoint's evaluation.{key} is not one of the {group} settings "
+                    f"(see conf/{group}/default.yaml)"
+                )
+            if key not in explicit:
+                OmegaConf.update(cfg, key, value, merge=False)
+                applied[key] = value
+    if applied:
+        log.info(
+            "applying the checkpoint's evaluation settings (chosen on validation): %s "
+            "(checkpoint_settings=false ignores them; explicit overrides win)",
+            " ".join(f"{k}={v}" for k, v in applied.items()),
+        )
+    return applied

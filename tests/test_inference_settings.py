@@ -1,0 +1,76 @@
+"""Inference settings stored with a model (the training config's ``evaluation`` block)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from emseg.errors import ConfigError
+from emseg.inference.settings import apply_checkpoint_settings
+from tests.conftest import CONFIG_DIR
+from tests.conftest import run_script as run_in_process
+
+BLOCK = {"evaluation": {"inference": {"tta": "flips", "border_pad": 0}, "postprocess": {}}}
+
+
+def _eval_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="eval", overrides=["ckpt_path=x", *overrides])
+
+
+def test_checkpoint_settings_apply_beneath_explicit_overrides():
+    cfg = _eval_cfg(["inference.tta=d4"])
+    applied = apply_checkpoint_settings(cfg, BLOCK, ["ckpt_path=x", "inference.tta=d4"])
+    assert applied == {"inference.border_pad": 0}
+    assert cfg.inference.tta == "d4" and cfg.inference.border_pad == 0
+
+
+def test_a_group_choice_or_checkpoint_settings_false_ignores_the_block():
+    cfg = _eval_cfg(["inference=naive"])
+    assert apply_checkpoint_settings(cfg, BLOCK, ["inference=naive"]) == {}
+    assert cfg.inference.border_pad == 0 and cfg.inference.tta == "none"  # naive's own values
+    cfg = _eval_cfg(["checkpoint_settings=false"])
+    assert apply_checkpoint_settings(cfg, BLOCK, ["checkpoint_settings=false"]) == {}
+    assert cfg.inference.tta == "none" and cfg.inference.border_pad == 32
+    assert apply_checkpoint_settings(_eval_cfg([]), {"evaluation": {}}, []) == {}
+    assert apply_checkpoint_settings(_eval_cfg([]), {}, []) == {}
+
+
+def test_an_unknown_setting_in_the_checkpoint_is_one_clear_error():
+    block = {"evaluation": {"postprocess": {"median": 3}}}
+    with pytest.raises(ConfigError, match=r"evaluation\.postprocess\.median is not one of"):
+        apply_checkpoint_settings(_eval_cfg([]), block, [])
+
+
+@pytest.mark.parametrize("experiment", ["fast", "best"])
+def test_the_experiments_blocks_name_real_settings(experiment):
+    """A typo in conf/experiment/<name>.yaml's evaluation block fails here, not after training."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        train = compose(config_name="train", overrides=[f"experiment={experiment}"])
+    block = OmegaConf.to_container(train, resolve=False)
+    applied = apply_checkpoint_settings(_eval_cfg([]), block, [])
+    assert applied and all(k.split(".")[0] in ("inference", "postprocess") for k in applied)
+
+
+def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, capsys):
+    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint["emseg_config"]["evaluation"] = {
+        "inference": {"tta": "flips", "border_pad": 8},
+        "postprocess": {"median_size": 3},
+    }
+    path = tmp_path / "with_settings.ckpt"
+    torch.save(checkpoint, path)
+    args = [f"ckpt_path={path}", "limit_slices=2", "inference.border_pad=4", "progress=false"]
+    code, err = run_in_process("eval.py", args, tmp_path, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "hydra" / "metrics.json").read_text())
+    assert summary["inference"]["tta"] == "flips" and summary["inference"]["border_pad"] == 4
+    assert summary["postprocess"]["median_size"] == 3
+    assert summary["checkpoint_settings"] == {"inference.tta": "flips", "postprocess.median_size": 3}
