@@ -230,7 +230,7 @@ def _with_writer(probs: Iterator[np.ndarray], writer: SliceWriter | None) -> Ite
 def _extra_targets(
     extra_masks: Any, split: str, mask: np.ndarray, limit: int | None
 ) -> dict[str, np.ndarray]:
-    """The further label volumes of ``extra_masks`` (name -> mask path), checked against ``mask``."""
+    """The label volumes of ``extra_masks`` (name -> mask path), checked against ``mask``."""
     if not extra_masks:
         return {}
     if split != "test":

@@ -73,4 +73,5 @@ def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, ca
     summary = json.loads((tmp_path / "hydra" / "metrics.json").read_text())
     assert summary["inference"]["tta"] == "flips" and summary["inference"]["border_pad"] == 4
     assert summary["postprocess"]["median_size"] == 3
-    assert summary["checkpoint_settings"] == {"inference.tta": "flips", "postprocess.median_size": 3}
+    applied = {"inference.tta": "flips", "postprocess.median_size": 3}
+    assert summary["checkpoint_settings"] == applied

@@ -60,10 +60,18 @@ def rows_file(tmp_path):
             "extra": {"lucchipp": "eval_lucchipp"},
         },
         {"name": "best", "run": str(fast), "eval": "eval_tta", "change": "+ TTA"},
-        {"name": "short_ref", "run": str(tmp_path / "runs" / "short_ref"), "change": "-",
-         "split": "val"},
-        {"name": "short_2d", "run": str(tmp_path / "runs" / "short_2d"), "change": "2D",
-         "split": "val"},
+        {
+            "name": "short_ref",
+            "run": str(tmp_path / "runs" / "short_ref"),
+            "change": "-",
+            "split": "val",
+        },
+        {
+            "name": "short_2d",
+            "run": str(tmp_path / "runs" / "short_2d"),
+            "change": "2D",
+            "split": "val",
+        },
     ]
     path = tmp_path / "rows.yaml"
     path.write_text(yaml.safe_dump(rows))

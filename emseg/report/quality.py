@@ -110,7 +110,9 @@ def _load_row(entry: dict[str, Any], spec_path: Path) -> QualityRow:
     for label, scored in record.evaluation.get("extra_masks", {}).items():
         extra.setdefault(label, scored)
     curve_dir = entry.get("curve")
-    curve = _curve(run / ("eval_snapshots" if curve_dir is True else curve_dir)) if curve_dir else []
+    curve = []
+    if curve_dir:
+        curve = _curve(run / ("eval_snapshots" if curve_dir is True else curve_dir))
     val_choices = {
         p.parent.name: json.loads(p.read_text())
         for p in sorted(run.glob("val_choices/*/metrics.json"))
@@ -118,9 +120,7 @@ def _load_row(entry: dict[str, Any], spec_path: Path) -> QualityRow:
     for name, evaluation in val_choices.items():
         if evaluation.get("split") != "val":
             raise ReportError(f"{run}/val_choices/{name}: not an eval.py split=val result")
-    return QualityRow(
-        entry["name"], entry["change"], record, extra, curve, val_choices, val_only
-    )
+    return QualityRow(entry["name"], entry["change"], record, extra, curve, val_choices, val_only)
 
 
 def load_rows(spec_path: Path) -> list[QualityRow]:

@@ -66,7 +66,7 @@ def load_run(path: Path, eval_dir: str | None = "eval") -> RunRecord:
     """
     evaluation: dict[str, Any] = {}
     if eval_dir is not None:
-        evaluation = _read_json(path / eval_dir / "metrics.json", "whole-volume evaluation, eval.py")
+        evaluation = _read_json(path / eval_dir / "metrics.json", "whole-volume evaluation")
         for key in ("accuracy", "fg_iou", "mean_iou", "dice"):
             if key not in evaluation.get("metrics", {}):
                 raise ReportError(f"{path}/{eval_dir}/metrics.json: no '{key}'")
