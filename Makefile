@@ -23,9 +23,17 @@ REPORT_DIR ?= experiments/reproduce_report_$(BUDGET)
 # directory each, so that re-running the target resumes an unfinished training.
 QUALITY ?= fast
 QUALITY_RUNS ?= outputs/quality
-# eval.py overrides for the test evaluations, the settings chosen on the validation hold-out
-# (experiments/quality/README.md), e.g. QUALITY_EVAL_ARGS='inference.border_pad=0'.
-QUALITY_EVAL_ARGS ?=
+# experiment=best trains exactly as fast does: QUALITY=best QUALITY_RUN=outputs/quality/fast
+# evaluates fast's run with best's settings instead of training it again.
+QUALITY_RUN ?= $(QUALITY_RUNS)/$(QUALITY)
+# eval.py overrides for the test evaluations: the experiment's evaluation block (the settings
+# chosen on the validation hold-out), given explicitly so that checkpoints trained before the
+# block existed are evaluated the same way.
+QUALITY_EVAL_ARGS ?= $(shell $(PY) -m emseg.inference.settings $(QUALITY))
+# The Lucchi++ labels of the same test images, scored from the same predictions.
+LUCCHIPP_TOO := '+extra_masks.lucchipp=$${paths.data_dir}/lucchipp/testing_groundtruth.tif'
+# Evaluate the snapshot checkpoints too (the points of the fg-IoU-vs-training-time plot).
+QUALITY_SNAPSHOTS ?= $(if $(filter fast,$(QUALITY)),true,false)
 # quality-ablations: each run removes one of experiment=fast's changes (baseline = none removed).
 QUALITY_ABLATIONS ?= baseline,fast_2d,fast_bce,fast_no_ema,fast_fg_half
 # quality-val: name:override,override,... per candidate, evaluated one after another on the
@@ -38,7 +46,8 @@ QUALITY_VAL_CHOICES ?= border32: border0:inference.border_pad=0 border64:inferen
 	border0_median3_d4:inference.border_pad=0,postprocess.median_size=3,inference.tta=d4 \
 	border0_median5:inference.border_pad=0,postprocess.median_size=5 \
 	border0_median7:inference.border_pad=0,postprocess.median_size=7 \
-	border0_median5_flips:inference.border_pad=0,postprocess.median_size=5,inference.tta=flips
+	border0_median9:inference.border_pad=0,postprocess.median_size=9 \
+	border0_median7_flips:inference.border_pad=0,postprocess.median_size=7,inference.tta=flips
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -78,21 +87,22 @@ reproduce-report: data ## train + evaluate the report's runs and ablations, then
 	done
 	$(MAKE) report BUDGET=$(BUDGET)
 
-quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + snapshot checkpoints, rebuild experiments/quality
-	$(PY) train.py experiment=$(QUALITY) model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
-		test_after_fit=false hydra.run.dir=$(QUALITY_RUNS)/$(QUALITY) $(ARGS)
-	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
+quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + snapshot checkpoints (test, Lucchi++ in the same pass), rebuild experiments/quality
+	[ -f $(QUALITY_RUN)/metrics.json ] || \
+	  $(PY) train.py experiment=$(QUALITY) model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
+	    test_after_fit=false hydra.run.dir=$(QUALITY_RUN) $(ARGS)
+	@set -e; run=$(QUALITY_RUN); out=$$run/eval_$(QUALITY); \
 	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
-	[ -f $$run/eval/metrics.json ] || \
-	  $(PY) eval.py ckpt_path=$$best $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$run/eval; \
-	[ -f $$run/eval_lucchipp/metrics.json ] || \
-	  $(PY) eval.py ckpt_path=$$best data=lucchipp $(QUALITY_EVAL_ARGS) progress=false \
-	    hydra.run.dir=$$run/eval_lucchipp; \
-	for ckpt in $$run/checkpoints/snapshot-*.ckpt; do \
-	  out=$$run/eval_snapshots/$$(basename $$ckpt .ckpt); \
-	  [ -f $$out/metrics.json ] || \
-	    $(PY) eval.py ckpt_path=$$ckpt $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$out; \
-	done
+	[ -f $$out/metrics.json ] || \
+	  $(PY) eval.py ckpt_path=$$best $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) progress=false \
+	    hydra.run.dir=$$out; \
+	if [ "$(QUALITY_SNAPSHOTS)" = true ]; then \
+	  for ckpt in $$run/checkpoints/snapshot-*.ckpt; do \
+	    point=$${out}_snapshots/$$(basename $$ckpt .ckpt); \
+	    [ -f $$point/metrics.json ] || \
+	      $(PY) eval.py ckpt_path=$$ckpt $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$point; \
+	  done; \
+	fi
 	$(MAKE) quality-report
 
 quality-val: $(STAMP) ## compare inference settings for experiment=$(QUALITY) on the validation hold-out (eval.py split=val)

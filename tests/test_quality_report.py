@@ -36,11 +36,19 @@ def rows_file(tmp_path):
         data = json.loads((fast / "val_choices" / name / "metrics.json").read_text())
         data["split"] = "val"
         (fast / "val_choices" / name / "metrics.json").write_text(json.dumps(data))
+    # The run's best checkpoint (its main evaluation ends the curve).
+    best_ckpt = tmp_path / "best.ckpt"
+    torch.save({"global_step": 300, "callbacks": {"FitTimer": {"seconds": 2400.0}}}, best_ckpt)
+    for sub in ("eval", "eval_lucchipp"):
+        data = json.loads((fast / sub / "metrics.json").read_text())
+        data["checkpoint"] = str(best_ckpt)
+        (fast / sub / "metrics.json").write_text(json.dumps(data))
     # A second evaluation of the same run (other inference settings), scoring a second label
     # volume in its own pass.
     _fake_eval(fast / "eval_tta", 0.87, image, mask, None)
     data = json.loads((fast / "eval_tta" / "metrics.json").read_text())
     data["extra_masks"] = {"lucchipp": {"metrics": {"fg_iou": 0.89}}}
+    data["checkpoint"] = str(best_ckpt)
     data["inference"], data["postprocess"] = {"border_pad": 0, "tta": "d4"}, {"median_size": 3}
     (fast / "eval_tta" / "metrics.json").write_text(json.dumps(data))
     # Leave-one-out runs: validation only.
@@ -59,7 +67,7 @@ def rows_file(tmp_path):
             "curve": True,
             "extra": {"lucchipp": "eval_lucchipp"},
         },
-        {"name": "best", "run": str(fast), "eval": "eval_tta", "change": "+ TTA"},
+        {"name": "best", "run": str(fast), "eval": "eval_tta", "change": "+ TTA", "marker": True},
         {
             "name": "short_ref",
             "run": str(tmp_path / "runs" / "short_ref"),
@@ -97,7 +105,8 @@ def test_table_rows_curve_and_test_count(rows_file, tmp_path):
     assert "| tta_flips |" in text and "| 0.9300 |" in text  # validation choices, not counted
     assert 1000 < (out / "fg_iou_vs_time.png").stat().st_size < 1_000_000
     curve = json.loads((out / "results.json").read_text())["fast"]["curve"]
-    assert [p["fit_seconds"] for p in curve] == [600.0, 1800.0]
+    assert [p["fit_seconds"] for p in curve] == [600.0, 1800.0, 2400.0]  # snapshots + best
+    assert "- best: step 300, 40.0 min, test fg IoU 0.8700" in text  # a marker of its own
 
 
 def test_missing_run_or_snapshot_fails_with_its_name(rows_file, tmp_path):

@@ -14,6 +14,8 @@
   the points of the test-fg-IoU-against-training-time plot (``true`` = ``eval_snapshots``).
   The training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
   time of a resumed run includes every process that trained it;
+* ``marker: true``: plot the row's own evaluation as one point of that plot (its checkpoint's
+  training time); a curve row's line always ends at its own evaluation;
 * ``split: val``: a run compared on the validation hold-out only (the leave-one-out
   ablations): no test evaluation, shown in a table of its own with its difference from the
   first such row (the reference).
@@ -97,6 +99,16 @@ def _curve(directory: Path) -> list[CurvePoint]:
     return sorted(points, key=lambda p: p.fit_seconds)
 
 
+def _with_main_point(curve: list[CurvePoint], evaluation: dict[str, Any]) -> list[CurvePoint]:
+    """The curve ending at the row's own evaluation (its best checkpoint), if not already on it."""
+    checkpoint = evaluation.get("checkpoint")
+    if checkpoint is None or any(p.checkpoint == checkpoint for p in curve):
+        return curve
+    seconds, step = checkpoint_progress(Path(checkpoint))
+    point = CurvePoint(checkpoint, seconds, step, evaluation["metrics"]["fg_iou"])
+    return sorted([*curve, point], key=lambda p: p.fit_seconds)
+
+
 def _load_row(entry: dict[str, Any], spec_path: Path) -> QualityRow:
     missing = {"name", "run", "change"} - set(entry)
     if missing:
@@ -113,6 +125,8 @@ def _load_row(entry: dict[str, Any], spec_path: Path) -> QualityRow:
     curve = []
     if curve_dir:
         curve = _curve(run / ("eval_snapshots" if curve_dir is True else curve_dir))
+    if (curve_dir or entry.get("marker")) and not val_only:
+        curve = _with_main_point(curve, record.evaluation)
     val_choices = {
         p.parent.name: json.loads(p.read_text())
         for p in sorted(run.glob("val_choices/*/metrics.json"))
@@ -243,7 +257,8 @@ def _plot(rows: list[QualityRow], out_png: Path) -> None:
     for row in rows:
         if row.curve:
             xs = [p.fit_seconds / 60 for p in row.curve]
-            ax.plot(xs, [p.fg_iou for p in row.curve], "o-", label=row.name)
+            style = "o-" if len(row.curve) > 1 else "*"
+            ax.plot(xs, [p.fg_iou for p in row.curve], style, ms=7, label=row.name)
     for name, target in TARGETS.items():
         ax.axhline(target, ls="--", lw=0.8, color="grey")
         ax.text(1, target + 0.003, f"{name} target {target:.2f}", fontsize=8, color="grey")
