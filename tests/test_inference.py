@@ -398,6 +398,17 @@ def test_streamed_median_equals_scipy_on_the_whole_volume(depth, size):
     np.testing.assert_array_equal(np.stack(list(median_filter_slices(iter(volume), 0))), volume)
 
 
+def test_median_in_row_blocks_on_threads_equals_scipy(monkeypatch):
+    """Many small row blocks, filtered on two threads, give the same volume as one pass."""
+    import emseg.postprocess as postprocess
+
+    monkeypatch.setattr(postprocess, "MEDIAN_BLOCK_ELEMENTS", 3 * 27 * 13)  # 3 rows a block
+    monkeypatch.setattr(postprocess, "_threads", lambda: 2)
+    volume = np.random.default_rng(7).random((4, 17, 13)).astype(np.float32)
+    expected = ndimage.median_filter(volume, size=3, mode="nearest")
+    np.testing.assert_array_equal(median_filter_volume(volume, 3), expected)
+
+
 @pytest.mark.parametrize("connectivity", [1, 2, 3])
 @pytest.mark.parametrize("min_size", [2, 6, 30])
 def test_streamed_component_removal_equals_3d_labelling(connectivity, min_size):
