@@ -120,7 +120,53 @@ def test_model_config_builds_a_one_channel_unet(tiny_cfg):
     assert out.shape == (1, 1, 64, 64)
 
 
-@pytest.mark.parametrize("name", options("ablation"))
+REPORT_ABLATIONS = [n for n in options("ablation") if not n.startswith("fast_")]
+# experiment=fast's leave-one-out ablations: the config keys each may change (as prefixes).
+FAST_ABLATIONS = {
+    "fast_2d": ("data.context",),
+    "fast_bce": ("loss.",),
+    "fast_no_ema": ("callbacks.ema",),
+    "fast_fg_half": ("data.fg_fraction",),
+}
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        return {
+            k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()
+        }
+    return {prefix.rstrip("."): node}
+
+
+def test_every_fast_ablation_is_listed():
+    assert set(options("ablation")) - set(REPORT_ABLATIONS) == set(FAST_ABLATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_ABLATIONS))
+def test_fast_ablations_remove_one_change_of_fast(tmp_path, synthetic_data_dir, name):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_train
+
+    def compose(ablation):
+        overrides = ["experiment=fast_short", f"ablation={ablation}"]
+        return compose_train(overrides, tmp_path / "run", synthetic_data_dir)
+
+    reference = _flat(OmegaConf.to_container(compose("baseline")))
+    removed_cfg = compose(name)
+    removed = _flat(OmegaConf.to_container(removed_cfg))
+    changed = {
+        key
+        for key in set(reference) | set(removed)
+        if reference.get(key) != removed.get(key) and not key.startswith("tags")
+    }
+    assert changed, f"ablation={name} changes nothing"
+    assert all(key.startswith(FAST_ABLATIONS[name]) for key in changed), sorted(changed)
+    instantiate(removed_cfg.loss)
+    assert [instantiate(c) for c in removed_cfg.callbacks.values() if c is not None]
+
+
+@pytest.mark.parametrize("name", REPORT_ABLATIONS)
 def test_ablations_compose_and_differ_from_baseline_only_where_named(tiny_cfg, name):
     cfg = tiny_cfg(f"ablation={name}")
     changed = {
