@@ -334,7 +334,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         writer = SliceWriter(output_dir / "predictions.tif", mask.shape, np.uint8)
     try:
         probs = itertools.islice(predictor.predict(image), lead, None)
-        probs = median_filter_slices(probs, int(post.median_size))
+        probs = median_filter_slices(probs, int(post.median_size), torch.get_num_threads())
         probs = _scored_against(probs, extra_scores, extra_targets)
         probs = progress_bar(
             _with_writer(probs, writer), len(mask), "evaluate", bool(cfg.get("progress", True))

@@ -44,12 +44,16 @@ def check_postprocess_args(median_size: int, min_size: int, connectivity: int) -
         raise ConfigError(f"postprocess.connectivity must be 1, 2 or 3, got {connectivity}")
 
 
-def median_filter_slices(slices: Iterable[np.ndarray], size: int = 3) -> Iterator[np.ndarray]:
+def median_filter_slices(
+    slices: Iterable[np.ndarray], size: int = 3, threads: int = 1
+) -> Iterator[np.ndarray]:
     """Stream a ``size x size x size`` median filter over ``(Y, X)`` slices in z order.
 
     Args:
         slices: float ``(Y, X)`` probability slices, all of one shape.
         size: odd window side; ``size <= 1`` passes the slices through unchanged.
+        threads: blocks of rows filtered in parallel (eval.py / predict.py pass torch's
+            intra-op thread count).
 
     Yields:
         The filtered slices (float32), one per input slice. At most ``size`` slices are held.
@@ -67,11 +71,11 @@ def median_filter_slices(slices: Iterable[np.ndarray], size: int = 3) -> Iterato
         held[z] = item
         count = z + 1
         while done + radius <= z:  # the next centre has all its neighbours
-            yield _median_centre(held, done, radius, None)
+            yield _median_centre(held, done, radius, None, threads)
             done += 1
             held.pop(done - radius - 1, None)
     while done < count:  # the last centres see the last slice repeated
-        yield _median_centre(held, done, radius, count - 1)
+        yield _median_centre(held, done, radius, count - 1, threads)
         done += 1
 
 
@@ -80,7 +84,7 @@ MEDIAN_BLOCK_ELEMENTS = 2**24
 
 
 def _median_centre(
-    held: dict[int, np.ndarray], centre: int, radius: int, last: int | None
+    held: dict[int, np.ndarray], centre: int, radius: int, last: int | None, threads: int = 1
 ) -> np.ndarray:
     """The filtered slice ``centre``; neighbours beyond the ends repeat the end slices."""
     high = centre + radius if last is None else last
@@ -92,9 +96,9 @@ def _median_centre(
     out = np.empty((height, width), np.float32)
     # The median of the size^3 shifted copies, a few rows at a time (~64 MB of copies): ~4x
     # faster than scipy.ndimage.median_filter on the stack, which would filter every slice.
-    # np.partition releases the GIL, so blocks of rows run on threads, one per torch thread
-    # (median 7 is the slowest step of eval.py with experiment=fast; the same blocks took
-    # 0.68 s on 2 threads vs 1.30 s on one, 2-core AMD EPYC Zen 4).
+    # np.partition releases the GIL, so blocks of rows run on ``threads`` threads (median 7 is
+    # the slowest step of eval.py with experiment=fast; the same blocks took 0.68 s on 2
+    # threads vs 1.30 s on one, 2-core AMD EPYC Zen 4).
     rows = max(1, MEDIAN_BLOCK_ELEMENTS // (size**3 * width))
 
     def median_of_rows(y0: int) -> None:
@@ -108,7 +112,7 @@ def _median_centre(
         out[y0:y1] = np.partition(np.stack(shifted), size**3 // 2, axis=0)[size**3 // 2]
 
     starts = range(0, height, rows)
-    workers = min(len(starts), _threads())
+    workers = min(len(starts), max(1, int(threads)))
     if workers <= 1:
         for y0 in starts:
             median_of_rows(y0)
@@ -118,18 +122,9 @@ def _median_centre(
     return out
 
 
-def _threads() -> int:
-    """Threads for the median: torch's intra-op count (eval.py's torch_threads), else 1."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of every entry point
-        return 1
-    return max(1, torch.get_num_threads())
-
-
-def median_filter_volume(volume: np.ndarray, size: int = 3) -> np.ndarray:
+def median_filter_volume(volume: np.ndarray, size: int = 3, threads: int = 1) -> np.ndarray:
     """Whole-volume version of :func:`median_filter_slices` for a ``(Z, Y, X)`` array."""
-    return np.stack(list(median_filter_slices(iter(volume), size)))
+    return np.stack(list(median_filter_slices(iter(volume), size, threads)))
 
 
 def _structures(connectivity: int) -> tuple[np.ndarray, np.ndarray]:

@@ -269,7 +269,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             tag = ".raw" if int(post.min_size) > 0 else ""
             mask_writer = stack.enter_context(SliceWriter(mask_output, shape, np.uint8, tag))
             writers.append(mask_writer)
-        probs = median_filter_slices(predictor.predict(slices), int(post.median_size))
+        probs = median_filter_slices(
+            predictor.predict(slices), int(post.median_size), torch.get_num_threads()
+        )
         for prob in progress_bar(probs, len(slices), f"predict {input_path.name}", show):
             writers[0].write(probabilities_as(prob, str(cfg.output_dtype)))
             if mask_writer is not None:

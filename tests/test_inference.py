@@ -403,10 +403,9 @@ def test_median_in_row_blocks_on_threads_equals_scipy(monkeypatch):
     import emseg.postprocess as postprocess
 
     monkeypatch.setattr(postprocess, "MEDIAN_BLOCK_ELEMENTS", 3 * 27 * 13)  # 3 rows a block
-    monkeypatch.setattr(postprocess, "_threads", lambda: 2)
     volume = np.random.default_rng(7).random((4, 17, 13)).astype(np.float32)
     expected = ndimage.median_filter(volume, size=3, mode="nearest")
-    np.testing.assert_array_equal(median_filter_volume(volume, 3), expected)
+    np.testing.assert_array_equal(median_filter_volume(volume, 3, threads=2), expected)
 
 
 @pytest.mark.parametrize("connectivity", [1, 2, 3])
