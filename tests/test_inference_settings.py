@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -75,3 +77,36 @@ def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, ca
     assert summary["postprocess"]["median_size"] == 3
     applied = {"inference.tta": "flips", "postprocess.median_size": 3}
     assert summary["checkpoint_settings"] == applied
+
+
+def test_predict_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, capsys):
+    """predict.py with a settings-carrying checkpoint writes what the explicit overrides write."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint["emseg_config"]["evaluation"] = {
+        "inference": {"tta": "flips", "border_pad": 0},
+        "postprocess": {"median_size": 3},
+    }
+    path = tmp_path / "with_settings.ckpt"
+    torch.save(checkpoint, path)
+    image = np.random.default_rng(0).integers(0, 256, (4, 40, 50), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+
+    def predict(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"{name}.tif"
+        args = [f"ckpt_path={path}", f"input={tmp_path / 'in.tif'}", f"output={out}"]
+        args += ["output_dtype=float16", "progress=false", *extra]
+        code, err = run_in_process("predict.py", args, tmp_path, capsys)
+        assert code == 0, err
+        return tifffile.imread(out)
+
+    from_checkpoint = predict("from_checkpoint")
+    explicit = predict(
+        "explicit",
+        "checkpoint_settings=false",
+        "inference.tta=flips",
+        "inference.border_pad=0",
+        "postprocess.median_size=3",
+    )
+    ignored = predict("ignored", "checkpoint_settings=false")
+    np.testing.assert_array_equal(from_checkpoint, explicit)
+    assert np.abs(from_checkpoint - ignored).max() > 1e-3  # the settings changed the output
