@@ -35,7 +35,7 @@ LUCCHIPP_TOO := '+extra_masks.lucchipp=$${paths.data_dir}/lucchipp/testing_groun
 # Evaluate the snapshot checkpoints too (the points of the fg-IoU-vs-training-time plot).
 QUALITY_SNAPSHOTS ?= $(if $(filter fast,$(QUALITY)),true,false)
 # quality-ablations: each run removes one of experiment=fast's changes (baseline = none removed).
-QUALITY_ABLATIONS ?= baseline,fast_2d,fast_bce,fast_no_ema,fast_fg_half
+QUALITY_ABLATIONS ?= baseline,fast_2d,fast_bce,fast_no_ema,fast_fg_half,fast_seed_lr
 # quality-val: name:override,override,... per candidate, evaluated one after another on the
 # validation hold-out: single changes against the default inference first, then greedy
 # combinations of the ones that helped (experiments/quality/README.md).

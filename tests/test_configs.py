@@ -127,6 +127,7 @@ FAST_ABLATIONS = {
     "fast_bce": ("loss.",),
     "fast_no_ema": ("callbacks.ema",),
     "fast_fg_half": ("data.fg_fraction",),
+    "fast_seed_lr": ("optim.lr", "scheduler"),
 }
 
 
