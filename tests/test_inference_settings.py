@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,14 +62,20 @@ def test_the_experiments_blocks_name_real_settings(experiment):
     assert applied and all(k.split(".")[0] in ("inference", "postprocess") for k in applied)
 
 
-def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, capsys):
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+def _with_settings(checkpoint_path: Path, tmp_path: Path, border_pad: int) -> Path:
+    """A copy of the checkpoint whose training config carries an evaluation block."""
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
     checkpoint["emseg_config"]["evaluation"] = {
-        "inference": {"tta": "flips", "border_pad": 8},
+        "inference": {"tta": "flips", "border_pad": border_pad},
         "postprocess": {"median_size": 3},
     }
     path = tmp_path / "with_settings.ckpt"
     torch.save(checkpoint, path)
+    return path
+
+
+def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, capsys):
+    path = _with_settings(tiny_checkpoint, tmp_path, border_pad=8)
     args = [f"ckpt_path={path}", "limit_slices=2", "inference.border_pad=4", "progress=false"]
     code, err = run_in_process("eval.py", args, tmp_path, capsys)
     assert code == 0, err
@@ -81,13 +88,7 @@ def test_eval_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, ca
 
 def test_predict_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint, capsys):
     """predict.py with a settings-carrying checkpoint writes what the explicit overrides write."""
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["emseg_config"]["evaluation"] = {
-        "inference": {"tta": "flips", "border_pad": 0},
-        "postprocess": {"median_size": 3},
-    }
-    path = tmp_path / "with_settings.ckpt"
-    torch.save(checkpoint, path)
+    path = _with_settings(tiny_checkpoint, tmp_path, border_pad=0)
     image = np.random.default_rng(0).integers(0, 256, (4, 40, 50), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "in.tif", image)
 
