@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
-from emseg.atomic import temporary_sibling
+from emseg.io.atomic import atomic_path
 
 __all__ = ["AtomicCheckpointIO"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO, writing to a temporary name and renaming at the end.
+    """Lightning's torch checkpoint IO, writing through :func:`emseg.io.atomic.atomic_path`.
 
-    ``os.replace`` is atomic on POSIX file systems, so readers (and a resumed run) see either
-    the previous complete checkpoint or the new complete one.
+    Readers (and a resumed run) see either the previous complete checkpoint or the new one.
     """
 
     @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        path = Path(path)
-        tmp = temporary_sibling(path)
-        try:
+        with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)

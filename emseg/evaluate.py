@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics.classification import BinaryStatScores
 
-from emseg.atomic import write_json_atomic
+from emseg.io.atomic import write_json_atomic
 from emseg.data.volume import read_mask, read_pair
 from emseg.errors import ConfigError, DataError
 from emseg.hardware import describe_hardware

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from emseg.atomic import temporary_sibling
+from emseg.io.atomic import temporary_sibling
 from emseg.errors import ConfigError, EmsegError
 from emseg.inference import Checkpoint, load_checkpoint
 from emseg.predict import check_output_path

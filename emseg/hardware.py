@@ -60,18 +60,36 @@ def auto_channels_last(precision: str, accelerator: str = "auto") -> bool:
     return str(precision).startswith("bf16") and cpu_has_native_bf16()
 
 
-def describe_hardware() -> str:
-    """One line naming the device, for every timing that is recorded."""
-    if torch.cuda.is_available():
-        return f"CUDA {torch.cuda.get_device_name(0)}"
-    name = "unknown CPU"
+def set_torch_threads(threads: int | None, key: str = "torch_threads") -> None:
+    """Set torch's intra-op threads when ``threads`` is given (``None`` keeps torch's default).
+
+    Raises:
+        ConfigError: ``threads`` is not a positive integer (named by its config ``key``).
+    """
+    if threads is None:
+        return
+    from emseg.errors import ConfigError
+
+    if isinstance(threads, bool) or int(threads) != threads or int(threads) <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {threads!r}")
+    torch.set_num_threads(int(threads))
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``unknown CPU`` elsewhere)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text(errors="ignore").splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def describe_hardware() -> str:
+    """One line naming the device, for every timing that is recorded."""
+    if torch.cuda.is_available():
+        return f"CUDA {torch.cuda.get_device_name(0)}"
     return (
-        f"{name}, {torch.get_num_threads()} threads, "
+        f"{cpu_model_name()}, {torch.get_num_threads()} threads, "
         f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_native_bf16()}"
     )

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from emseg.atomic import write_json_atomic
+from emseg.io.atomic import write_json_atomic
 from emseg.hardware import describe_hardware
 from emseg.resolvers import PROJECT_ROOT
 

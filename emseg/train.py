@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from emseg.atomic import write_json_atomic
+from emseg.io.atomic import write_json_atomic
 from emseg.callbacks import FitTimer
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware

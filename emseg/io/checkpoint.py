@@ -1,0 +1,58 @@
+"""The one reader of checkpoint files for the whole package.
+
+Evaluation, prediction, export, resuming and the benchmarks all read checkpoints through
+:func:`read_checkpoint`, so every unreadable file ends in the same one-line error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emseg.errors import EmsegError, require_file
+
+__all__ = ["CheckpointError", "read_checkpoint"]
+
+
+class CheckpointError(EmsegError):
+    """A checkpoint that is missing, unreadable, or was not written by emseg's ``train.py``."""
+
+
+def read_checkpoint(
+    path: str | Path, label: str = "ckpt_path", weights_only: bool = True
+) -> dict[str, Any]:
+    """Read a Lightning checkpoint (memory-mapped) and check that it has a ``state_dict``.
+
+    Args:
+        path: the ``.ckpt`` file.
+        label: the config key the path came from, put first in error messages.
+        weights_only: refuse pickled objects other than tensors and plain data (a checkpoint
+            is untrusted data; emseg's own hold nothing else).
+
+    Returns:
+        The checkpoint dictionary; its tensors are memory-mapped from the file (zip
+        checkpoints), so only what is used is read, not the optimizer state (3x the weights).
+
+    Raises:
+        CheckpointError: missing, empty, unreadable, or not a Lightning checkpoint.
+    """
+    path = Path(path)
+    require_file(path, CheckpointError, label=label)
+    try:
+        mmap = zipfile.is_zipfile(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+    except Exception as err:  # zip, pickle and unpickling-policy errors all mean "unreadable"
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        if isinstance(err, pickle.UnpicklingError):  # torch's message suggests unsafe loading
+            reason = "corrupt, or holds objects other than tensors and plain data"
+        raise CheckpointError(
+            f"{label}: {path} is not a readable PyTorch checkpoint ({reason})"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{label}: {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
