@@ -132,8 +132,8 @@ eval: $(STAMP) ## evaluate a checkpoint on the whole test volume: make eval CKPT
 predict: $(STAMP) ## segment any TIFF: make predict CKPT=<ckpt> INPUT=<in.tif> OUTPUT=<out.tif> [ARGS=...]
 	$(PY) predict.py ckpt_path=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
 
-bench: $(STAMP) ## training/inference speed vs plain PyTorch (~15 min) -> experiments/bench/; ARGS=--quick
-	$(PY) -m emseg.bench $(ARGS)
+bench: $(STAMP) ## training/inference speed vs plain PyTorch (~15 min) -> experiments/bench/; CKPT= for the inference sections; ARGS=--quick
+	$(PY) -m benchmarks.bench $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all

@@ -1,6 +1,7 @@
-"""``make bench`` in its quick mode: every section runs end to end on tiny synthetic sizes and
-writes a complete, sane report. The numbers themselves are not checked (timings of a tiny
-model on a busy machine mean nothing); their presence, sign and finiteness are."""
+"""``make bench`` (``benchmarks/bench``) in its quick mode: every section runs end to end on tiny
+synthetic sizes and writes a complete, sane report. The numbers themselves are not checked
+(timings of a tiny model on a busy machine mean nothing); their presence, sign and finiteness
+are."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from emseg.bench.report import render, targets
-from emseg.bench.run import main, parse_args
+from benchmarks.bench.report import render, targets
+from benchmarks.bench.run import SECTIONS, main, parse_args, skip_reason
+from emseg.resolvers import PROJECT_ROOT
 
 RATIOS = [
     ("training", "lightning_ratio"),
@@ -45,9 +47,10 @@ def _at(results: dict, path: tuple[str, ...]):
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[dict, str]:
+def quick(tmp_path_factory, tiny_checkpoint) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench")
-    assert main(["--quick", "--out", str(out), "--scratch", str(out / "scratch")]) == 0
+    args = ["--quick", "--out", str(out), "--scratch", str(out / "scratch")]
+    assert main([*args, "--ckpt", str(tiny_checkpoint)]) == 0
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
@@ -105,7 +108,7 @@ def test_targets_fail_when_a_number_misses_its_limit():
 
 def test_report_renders_partial_results():
     results = {
-        "command": "python -m emseg.bench --sections startup",
+        "command": "python -m benchmarks.bench --sections startup",
         "quick": False,
         "bench_seconds": 12.0,
         "sizes": {},
@@ -114,6 +117,7 @@ def test_report_renders_partial_results():
             "git_commit": "abc",
             "cpu_model": "Some CPU",
             "cpu_count": 2,
+            "git_dirty": True,
             "torch": "2",
             "torch_threads": 2,
             "cpu_capability": "AVX512",
@@ -130,10 +134,38 @@ def test_report_renders_partial_results():
             "import_s": 5.0,
         },
     }
+    results["quality"] = {"skipped": "no --ckpt given"}
     results["targets"] = targets(results)
     report = render(results)
     assert "| startup_seconds | 25.000 | 20.0 | NOT met |" in report
-    assert "Some CPU" in report
+    assert "Some CPU" in report and "commit `abc+dirty`" in report
+    assert "Section quality skipped: no --ckpt given." in report
+    assert "| auto_precision_fastest_and_keeps_fg_iou |" in report
+
+
+def test_sections_on_a_trained_model_need_an_explicit_checkpoint(tmp_path, capsys):
+    """Without --ckpt the inference and quality sections are skipped, never fed a checkpoint
+    found somewhere in the repository; a --ckpt that is not a file is a usage error."""
+    args = parse_args([])
+    skipped = {name for name in SECTIONS if skip_reason(name, args)}
+    assert skipped == {"inference", "quality"}
+    assert "--ckpt" in skip_reason("quality", args)
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"")
+    args = parse_args(["--ckpt", str(ckpt), "--quick"])
+    assert args.ckpt == str(ckpt.resolve())
+    assert {name for name in SECTIONS if skip_reason(name, args)} == {"startup"}
+    with pytest.raises(SystemExit):
+        parse_args(["--ckpt", str(tmp_path / "missing.ckpt")])
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_benchmarks_patch_nothing_and_search_no_outputs():
+    """The benchmark measures the machine as it is: no mocked CUDA (that rule is a unit test of
+    emseg.hardware), no checkpoints picked from the repository's outputs/."""
+    for path in (PROJECT_ROOT / "benchmarks").rglob("*.py"):
+        source = path.read_text()
+        assert "mock" not in source and '"outputs"' not in source, path
 
 
 def test_unknown_section_is_an_error(capsys):
@@ -144,7 +176,7 @@ def test_unknown_section_is_an_error(capsys):
 
 def test_make_bench_target_runs_the_module():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
-    assert "bench: $(STAMP)" in makefile and "$(PY) -m emseg.bench" in makefile
+    assert "bench: $(STAMP)" in makefile and "$(PY) -m benchmarks.bench" in makefile
 
 
 def test_peak_rss_of_a_worker_is_its_own(tmp_path):
@@ -153,7 +185,7 @@ def test_peak_rss_of_a_worker_is_its_own(tmp_path):
     import subprocess
     import sys
 
-    from emseg.bench.env import peak_rss_bytes
+    from benchmarks.bench.env import peak_rss_bytes
 
     ballast = bytearray(2 * 1024**3)  # 2 GiB resident in this process
     ballast[::4096] = b"x" * len(ballast[::4096])
@@ -162,11 +194,12 @@ def test_peak_rss_of_a_worker_is_its_own(tmp_path):
         [
             sys.executable,
             "-c",
-            "from emseg.bench.env import peak_rss_bytes; print(peak_rss_bytes())",
+            "from benchmarks.bench.env import peak_rss_bytes; print(peak_rss_bytes())",
         ],
         capture_output=True,
         text=True,
         check=True,
+        cwd=PROJECT_ROOT,
     )
     assert int(done.stdout.strip()) < 1.5 * 1024**3  # torch's import alone: ~0.7 GiB
     del ballast

@@ -49,3 +49,20 @@ def test_explicit_precision_wins():
 def test_describe_hardware_names_the_device():
     text = hardware.describe_hardware()
     assert "threads" in text or "CUDA" in text
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_train_config_auto_precision_and_layout_on_cuda(monkeypatch, tmp_path, bf16, expected):
+    """What conf/train.yaml's ``auto`` precision and layout resolve to on a CUDA machine, with
+    and without bf16 (CUDA mocked: this checks the rule and the config resolvers, not a GPU)."""
+    from tests.conftest import compose_train
+
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda: bf16)
+    cfg = compose_train(["experiment=seed_report"], tmp_path, tmp_path)
+    assert cfg.trainer.precision == expected
+    assert resolvers._channels_last("auto", cfg.trainer.precision, cfg.trainer.accelerator)
+
+
+def test_cpu_model_name_is_named():
+    assert hardware.cpu_model_name().strip()

@@ -5,43 +5,27 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from emseg.hardware import auto_channels_last, auto_precision, cpu_has_native_bf16
-from emseg.resolvers import PROJECT_ROOT
+from emseg.hardware import (
+    auto_channels_last,
+    auto_precision,
+    cpu_has_native_bf16,
+    cpu_model_name,
+)
+from emseg.records import git_commit, git_dirty
 
 __all__ = [
     "bf16_cpu_flags",
-    "cpu_model",
     "environment",
     "machine_busy_seconds",
     "own_cpu_seconds",
     "peak_rss_bytes",
 ]
-
-
-def cpu_model() -> str:
-    """``lscpu``'s 'Model name' (falls back to /proc/cpuinfo, then to ``platform``)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bf16_cpu_flags() -> list[str]:
@@ -79,8 +63,8 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process.
 
     Linux ``VmHWM`` (``/proc/self/status``) where it exists: ``ru_maxrss`` is not reset by
-    ``exec``, so a worker started by a big parent reports the parent's peak (the 2026-12-01
-    bench showed 5.61 GiB for every inference pass). Elsewhere ``ru_maxrss`` (KiB on Linux).
+    ``exec``, so a worker started by a big parent would report the parent's peak. Elsewhere
+    ``ru_maxrss`` (KiB on Linux).
     """
     status = Path("/proc/self/status")
     if status.exists():
@@ -90,26 +74,6 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=PROJECT_ROOT,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=PROJECT_ROOT,
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def environment() -> dict[str, Any]:
     """CPU model, ISA capability, bf16 support, threads, devices and versions."""
     import lightning
@@ -117,8 +81,9 @@ def environment() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     info: dict[str, Any] = {
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "git_commit": _git_commit(),
-        "cpu_model": cpu_model(),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "cpu_model": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),

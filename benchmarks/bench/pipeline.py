@@ -2,7 +2,7 @@
 workers, to compare with the samples/s the model consumes (batch size / step time).
 
 Measured with nothing else running, so this is the loader's capacity; whether the workers slow
-the training step when they share the cores with it is measured in :mod:`emseg.bench.training`
+the training step when they share the cores with it is measured in :mod:`benchmarks.bench.training`
 (the Trainer on the real loader against the Trainer on in-memory batches).
 """
 

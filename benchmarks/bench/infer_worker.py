@@ -1,5 +1,5 @@
 """One timed inference pass over a TIFF volume, meant to run in a fresh process so that its
-peak RSS (``VmHWM``) is that of inference alone: ``python -m emseg.bench.infer_worker
+peak RSS (``VmHWM``) is that of inference alone: ``python -m benchmarks.bench.infer_worker
 '<json job>'`` prints one JSON line.
 
 Two kinds of pass, same network, precision and memory layout (resolved by
@@ -20,30 +20,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from emseg.bench.env import peak_rss_bytes
+from benchmarks.bench.env import peak_rss_bytes
 from emseg.data.dataset import context_slices
+from emseg.hardware import set_torch_threads
 from emseg.inference import Preprocessing, TiffSlices, VolumePredictor, load_checkpoint
 from emseg.inference.sliding_window import pad_to_multiple
-from emseg.resolvers import PROJECT_ROOT
 
 __all__ = ["load_network", "plain_pass", "run_job"]
 
 
-def load_network(ckpt: str | None) -> tuple[nn.Module, Preprocessing]:
-    """The checkpoint's network and normalisation, or (no checkpoint) the configured VGG16-UNet
-    with random weights and the EPFL normalisation: the same compute, for timing only."""
-    if ckpt:
-        checkpoint = load_checkpoint(ckpt)
-        return checkpoint.net, checkpoint.preprocessing
-    from hydra.utils import instantiate
-
-    model_cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "unet_vgg16.yaml")
-    torch.manual_seed(0)
-    net = instantiate(model_cfg, encoder_weights=None, in_channels=1)
-    return net.eval(), Preprocessing(context=0, mean=0.548, std=0.119)
+def load_network(ckpt: str) -> tuple[nn.Module, Preprocessing]:
+    """The checkpoint's network and normalisation."""
+    checkpoint = load_checkpoint(ckpt)
+    return checkpoint.net, checkpoint.preprocessing
 
 
 @torch.inference_mode()
@@ -69,10 +60,9 @@ def plain_pass(predictor: VolumePredictor, slices: Any, limit: int) -> list[floa
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job: ``{"kind": "predictor"|"plain", "input": tif, "ckpt": path|None,
+    """Run one job: ``{"kind": "predictor"|"plain", "input": tif, "ckpt": path,
     "settings": conf/inference overrides, "limit": slices|None, "threads": int|None}``."""
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
+    set_torch_threads(job.get("threads"))
     net, pre = load_network(job.get("ckpt"))
     settings = {"precision": "auto", "device": "cpu", **job.get("settings", {})}
     predictor = VolumePredictor(net, pre, **settings)
@@ -109,6 +99,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Run the job given as JSON in the first argument; print its result as one JSON line."""
     print(json.dumps(run_job(json.loads(sys.argv[1]))))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 
-from emseg.bench.common import TRAIN_OVERRIDES
+from benchmarks.bench.common import TRAIN_OVERRIDES
 from emseg.resolvers import PROJECT_ROOT
 
 __all__ = ["FirstStepExit", "measure_startup"]
@@ -69,7 +69,7 @@ def measure_startup(workdir: Path, extra_overrides: list[str] | None = None) -> 
         "train.py",
         *TRAIN_OVERRIDES,
         f"hydra.run.dir={workdir / 'run'}",
-        "+callbacks.bench_first_step._target_=emseg.bench.startup.FirstStepExit",
+        "+callbacks.bench_first_step._target_=benchmarks.bench.startup.FirstStepExit",
         f"+callbacks.bench_first_step.path={marks_file}",
         *(extra_overrides or []),
     ]

@@ -81,38 +81,34 @@ def _met(flag: Any) -> str:
     return {True: "met", False: "NOT met", None: "not run"}[flag]
 
 
-def render(results: dict[str, Any]) -> str:
-    """The Markdown report (bench.md)."""
+def _header(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
-    lines = [
+    commit = f"{str(env['git_commit'])[:10]}{'+dirty' if env.get('git_dirty') else ''}"
+    flags = ", ".join(env.get("bf16_cpu_flags") or []) or "none"
+    quick = " — **quick mode: tiny synthetic sizes, the numbers mean nothing**"
+    return [
         "# `make bench`",
         "",
         f"Command: `{results['command']}` (via `make bench`), {env['date_utc']} UTC, "
-        f"commit `{env['git_commit']}`, {results['bench_seconds']:.0f} s in total"
-        + (
-            " — **quick mode: tiny synthetic sizes, the numbers mean nothing**"
-            if results["quick"]
-            else ""
-        )
+        f"commit `{commit}`, {results['bench_seconds']:.0f} s in total"
+        + (quick if results["quick"] else "")
         + ".",
         "",
         f"Hardware: **{env['cpu_model']}**, {env['cpu_count']} CPUs, torch "
         f"{env['torch']} with {env['torch_threads']} threads, "
         f"`get_cpu_capability()` = `{env['cpu_capability']}`, "
         f"`_is_mkldnn_bf16_supported()` = {env['mkldnn_bf16_supported']}, native bf16 "
-        f"= {env['native_bf16']} (CPU flags: {', '.join(env.get('bf16_cpu_flags') or []) or 'none'}"
-        f"), CUDA: {env['cuda'] or 'none'}. "
+        f"= {env['native_bf16']} (CPU flags: {flags}), CUDA: {env['cuda'] or 'none'}. "
         f"Auto precision here: `{env['auto_precision_cpu']}`, channels_last "
         f"{env['auto_channels_last_cpu']}.",
         "",
         f"CPU seconds used by this run: {_f(results.get('own_cpu_seconds'), 0)}; by everything "
         f"else on the machine meanwhile: {_f(results.get('other_cpu_seconds'), 0)}.",
-        "",
-        "## Targets",
-        "",
-        "| target | value | limit | |",
-        "|---|---|---|---|",
     ]
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["", "## Targets", "", "| target | value | limit | |", "|---|---|---|---|"]
     for name, target in results["targets"].items():
         value, limit = target["value"], target["limit"]
         if name.endswith("bytes"):
@@ -122,64 +118,77 @@ def render(results: dict[str, Any]) -> str:
         else:
             value = _f(value)
         lines.append(f"| {name} | {value} | {limit} | {_met(target['met'])} |")
-    failed = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
-    for name, value in failed.items():
-        lines += ["", f"**Section {name} FAILED**: `{value['error']}`"]
-    results = {k: v for k, v in results.items() if k not in failed}
-    train = results.get("training")
+    return lines
+
+
+def _data(data: dict[str, Any], train: dict[str, Any] | None) -> list[str]:
+    lines = [
+        "",
+        "## Data pipeline",
+        "",
+        f"`EMDataModule.train_dataloader()` with {data['num_workers']} workers, batch "
+        f"{data['batch_size']}: **{_f(data['samples_per_s'], 1)} samples/s** "
+        f"({data['batches']} batches after warm-up; first batch {_f(data['first_batch_s'], 2)}"
+        f" s after setup, setup {_f(data['setup_s'], 2)} s). The model consumes "
+        f"{_f(data.get('model_samples_per_s'), 1)} samples/s: loader / model = "
+        f"**{_f(data.get('loader_over_model'), 1)}x**.",
+    ]
+    if train:
+        lines.append(
+            f"Trainer on the real loader (workers sharing the cores): "
+            f"{_f(train['lightning_real_loader']['step_s']['median'])} s/step, "
+            f"{_f(train['real_loader_ratio'])}x the in-memory step."
+        )
+    return lines
+
+
+def _startup(s: dict[str, Any], hydra_compose_s: float | None) -> list[str]:
+    stages = ", ".join(f"{k} +{v:.1f} s" for k, v in s["stages_s"].items())
+    return [
+        "",
+        "## Start-up",
+        "",
+        f"`{s['command']}` to its first training step: **{_f(s['seconds_to_first_step'], 1)} "
+        f"s** ({stages}); `import emseg.train` alone: {_f(s['import_s'], 1)} s; composing "
+        f"conf/train.yaml with Hydra (first time in a process): {_f(hydra_compose_s, 2)} s.",
+    ]
+
+
+def _profile(train: dict[str, Any], steps: Any) -> list[str]:
+    return [
+        "",
+        f"## Profile: top ops of {steps} plain-loop training "
+        f"steps ({train['precision']}, channels_last {train['channels_last']})",
+        "",
+        "```",
+        train["profile_table"].rstrip(),
+        "```",
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown report (bench.md); failed and skipped sections are named, not shown."""
+    lines = [*_header(results), *_targets(results)]
+    sections = {k: v for k, v in results.items() if isinstance(v, dict)}
+    for name, value in sections.items():
+        if "error" in value:
+            lines += ["", f"**Section {name} FAILED**: `{value['error']}`"]
+        elif "skipped" in value:
+            lines += ["", f"Section {name} skipped: {value['skipped']}."]
+    shown = {k: v for k, v in sections.items() if "error" not in v and "skipped" not in v}
+    train = shown.get("training")
     if train:
         lines += _training(train)
-    data = results.get("data")
-    if data:
-        lines += [
-            "",
-            "## Data pipeline",
-            "",
-            f"`EMDataModule.train_dataloader()` with {data['num_workers']} workers, batch "
-            f"{data['batch_size']}: **{_f(data['samples_per_s'], 1)} samples/s** "
-            f"({data['batches']} batches after warm-up; first batch {_f(data['first_batch_s'], 2)}"
-            f" s after setup, setup {_f(data['setup_s'], 2)} s). The model consumes "
-            f"{_f(data.get('model_samples_per_s'), 1)} samples/s: loader / model = "
-            f"**{_f(data.get('loader_over_model'), 1)}x**.",
-        ]
-        if train:
-            lines.append(
-                f"Trainer on the real loader (workers sharing the cores): "
-                f"{_f(train['lightning_real_loader']['step_s']['median'])} s/step, "
-                f"{_f(train['real_loader_ratio'])}x the in-memory step."
-            )
-    if results.get("startup"):
-        s = results["startup"]
-        stages = ", ".join(f"{k} +{v:.1f} s" for k, v in s["stages_s"].items())
-        lines += [
-            "",
-            "## Start-up",
-            "",
-            f"`{s['command']}` to its first training step: **{_f(s['seconds_to_first_step'], 1)} "
-            f"s** ({stages}); `import emseg.train` alone: {_f(s['import_s'], 1)} s; composing "
-            f"conf/train.yaml with Hydra (first time in a process): "
-            f"{_f(results.get('hydra_compose_s'), 2)} s.",
-        ]
-    if results.get("inference"):
-        lines += _inference(results["inference"])
-    if results.get("quality"):
-        lines += _quality(results["quality"])
-    rule = results.get("precision_rule")
-    if rule:
-        lines += ["", "## Auto precision rule (CUDA simulated with mock; this machine real)", ""]
-        lines += ["| case | trainer.precision | channels_last |", "|---|---|---|"]
-        for case, value in rule.items():
-            lines.append(f"| {case} | {value['trainer.precision']} | {value['channels_last']} |")
+    if shown.get("data"):
+        lines += _data(shown["data"], train)
+    if shown.get("startup"):
+        lines += _startup(shown["startup"], results.get("hydra_compose_s"))
+    if shown.get("inference"):
+        lines += _inference(shown["inference"])
+    if shown.get("quality"):
+        lines += _quality(shown["quality"])
     if train:
-        lines += [
-            "",
-            f"## Profile: top ops of {results['sizes']['profile_steps']} plain-loop training "
-            f"steps ({train['precision']}, channels_last {train['channels_last']})",
-            "",
-            "```",
-            train["profile_table"].rstrip(),
-            "```",
-        ]
+        lines += _profile(train, results["sizes"].get("profile_steps"))
     return "\n".join(lines) + "\n"
 
 
@@ -221,10 +230,13 @@ def _training(t: dict[str, Any]) -> list[str]:
         f"{_f(phases['optimizer'])} s. Dense matmul on this CPU (2048^2): fp32 "
         f"{_f(t['matmul_fp32_gflops'], 0)} GFLOP/s, bf16 {_f(t['matmul_bf16_gflops'], 0)} "
         "GFLOP/s.",
-        "",
-        "| precision, layout (plain loop) | s/step | |",
-        "|---|---|---|",
     ]
+    return [*lines, *_grids(t)]
+
+
+def _grids(t: dict[str, Any]) -> list[str]:
+    """The precision / layout grid and the optimizer implementations (plain loop)."""
+    lines = ["", "| precision, layout (plain loop) | s/step | |", "|---|---|---|"]
     for key, value in t["precision_grid"].items():
         tag = " ".join(
             tag for tag, on in (("auto", value["auto"]), ("fastest", key == t["fastest"])) if on
@@ -235,7 +247,7 @@ def _training(t: dict[str, Any]) -> list[str]:
         "| optimizer implementation (plain loop, auto precision) | s/step | optimizer s |",
         "|---|---|---|",
         f"| configured (torch's CPU default) | {_f(t['plain']['step_s']['median'])} | "
-        f"{_f(phases['optimizer'])} |",
+        f"{_f(t['plain']['phases_s']['optimizer'])} |",
     ]
     for name, value in t.get("optimizer_implementations", {}).items():
         if "error" in value:

@@ -24,27 +24,32 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from emseg.bench.common import log, summary
+from benchmarks.bench.common import log, summary
 from emseg.metrics import segmentation_metrics
-from emseg.optim import param_groups
 from emseg.train import build
 
 __all__ = [
     "PRECISION_GRID",
     "StepTimer",
+    "compare_loops",
+    "configured_layout",
     "draw_batches",
     "lightning_steps",
     "matmul_peak",
+    "optimizer_implementations",
     "plain_steps",
+    "precision_grid",
     "profile_steps",
     "step_flops",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# (Lightning precision, channels_last)
+Layout = tuple[str, bool]
 # (precision, channels_last) pairs compared on the plain loop.
 PRECISION_GRID: tuple[tuple[str, bool], ...] = (
     ("32-true", False),
@@ -91,20 +96,38 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def configured_layout(cfg: DictConfig) -> Layout:
+    """The precision and memory layout the Trainer and module of :func:`emseg.train.build`
+    train in with ``cfg`` (what ``auto`` resolved to on this machine)."""
+    _, module, trainer = build(cfg)
+    return str(trainer.precision), bool(module.hparams.channels_last)
+
+
+def _with_implementation(optimizer: torch.optim.Optimizer, **options: Any) -> torch.optim.Optimizer:
+    """The same optimizer (class, parameter groups, hyper-parameters) with other constructor
+    options, e.g. ``fused=True``: the same maths by another kernel."""
+    groups = [{k: v for k, v in g.items() if k not in options} for g in optimizer.param_groups]
+    return type(optimizer)(groups, **{**optimizer.defaults, **options})
+
+
 def _plain_parts(
     cfg: DictConfig, channels_last: bool, optimizer_kwargs: dict[str, Any] | None = None
-) -> tuple[torch.nn.Module, Any, Any]:
-    """Network, loss and optimizer exactly as :func:`emseg.train.build` makes them
-    (``optimizer_kwargs``: extra optimizer arguments, e.g. ``fused=True``, for comparison)."""
+) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer]:
+    """Network, loss and optimizer of the LightningModule :func:`emseg.train.build` makes from
+    ``cfg`` (the optimizer from its ``configure_optimizers``), in the given memory layout.
+
+    Args:
+        optimizer_kwargs: other optimizer options, e.g. ``fused=True``, for comparison.
+    """
     L.seed_everything(int(cfg.seed), verbose=False)
-    optim_cfg = OmegaConf.create(OmegaConf.to_container(cfg.optim, resolve=True))
-    l2_last_two = float(optim_cfg.pop("l2_last_two", 0.0))
-    net = instantiate(cfg.model, in_channels=2 * int(cfg.data.context) + 1)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    factory = instantiate(optim_cfg)
-    optimizer = factory(params=param_groups(net, l2_last_two), **(optimizer_kwargs or {}))
-    return net.train(), instantiate(cfg.loss), optimizer
+    _, module, _ = build(cfg)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = module.net.to(memory_format=layout)
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    if optimizer_kwargs:
+        optimizer = _with_implementation(optimizer, **optimizer_kwargs)
+    return net.train(), module.loss, optimizer
 
 
 def plain_steps(
@@ -271,19 +294,61 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     return result
 
 
-def run(
+def precision_grid(
     cfg: DictConfig,
-    real_loader_cfg: DictConfig,
+    batches: list[Batch],
     steps: int,
     warmup: int,
-    grid_steps: int,
-    profile_n: int,
+    layout: Layout,
+    auto: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Plain-loop step time of every :data:`PRECISION_GRID` entry; the configured ``layout``'s
+    is ``auto``, already measured."""
+    precision, channels_last = layout
+    grid = {}
+    for grid_precision, grid_cl in PRECISION_GRID:
+        key = f"{grid_precision}{'+channels_last' if grid_cl else ''}"
+        if (grid_precision, grid_cl) == (precision, channels_last):
+            grid[key] = {"step_s": auto, "auto": True}
+            continue
+        log(f"training: precision grid {key}")
+        result = plain_steps(cfg, batches, steps, warmup, grid_precision, grid_cl)
+        grid[key] = {"step_s": result["step_s"], "auto": False}
+    return grid
+
+
+def optimizer_implementations(
+    cfg: DictConfig, batches: list[Batch], steps: int, warmup: int, layout: Layout
+) -> dict[str, dict[str, Any]]:
+    """Plain-loop step time with the optimizer's multi-tensor (``foreach``) and ``fused``
+    kernels: the configured optimizer runs torch's default CPU implementation, a Python loop
+    over the parameters, and these do the same maths."""
+    precision, channels_last = layout
+    optimizers: dict[str, dict[str, Any]] = {}
+    for name, kwargs in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        log(f"training: optimizer implementation {name}")
+        try:
+            result = plain_steps(
+                cfg, batches, steps, warmup, precision, channels_last, optimizer_kwargs=kwargs
+            )
+        except (RuntimeError, TypeError, ValueError) as err:  # optimizer without that option
+            optimizers[name] = {"error": str(err)}
+            continue
+        optimizers[name] = {"step_s": result["step_s"], "phases_s": result["phases_s"]}
+    return optimizers
+
+
+def compare_loops(
+    cfg: DictConfig,
+    real_loader_cfg: DictConfig,
+    batches: list[Batch],
+    steps: int,
+    warmup: int,
+    layout: Layout,
 ) -> dict[str, Any]:
-    """The whole training section (see the module docstring)."""
-    precision, channels_last = str(cfg.trainer.precision), bool(cfg.channels_last)
-    batches = draw_batches(cfg, min(warmup + steps, 16))
-    log(f"training: {len(batches)} batches of {tuple(batches[0][0].shape)}, {precision}")
-    flops = step_flops(cfg, batches[0])
+    """The plain loop (before and after, pooled), the Trainer on the same in-memory batches,
+    the plain loop with emseg's per-step metrics, and the Trainer on the DataModule's loader."""
+    precision, channels_last = layout
     log("training: plain loop (block A)")
     first = plain_steps(cfg, batches, steps, warmup, precision, channels_last)
     log("training: Lightning Trainer")
@@ -294,46 +359,8 @@ def run(
     with_metrics = plain_steps(cfg, batches, steps, warmup, precision, channels_last, True)
     log("training: Lightning Trainer on the DataModule's own loader")
     real = lightning_steps(real_loader_cfg, steps, warmup, None)
-
     plain = summary(first["times"] + second["times"])
-    images = int(batches[0][0].shape[0])
-    grid = {}
-    for grid_precision, grid_cl in PRECISION_GRID:
-        key = f"{grid_precision}{'+channels_last' if grid_cl else ''}"
-        if (grid_precision, grid_cl) == (precision, channels_last):
-            grid[key] = {"step_s": plain, "auto": True}
-            continue
-        log(f"training: precision grid {key}")
-        result = plain_steps(cfg, batches, grid_steps, min(warmup, 3), grid_precision, grid_cl)
-        grid[key] = {"step_s": result["step_s"], "auto": False}
-    fastest = min(grid, key=lambda k: grid[k]["step_s"]["median"])
-    # The configured optimizer runs torch's default CPU implementation (a Python loop over the
-    # parameters); its multi-tensor and fused kernels do the same maths.
-    optimizers = {}
-    for name, kwargs in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
-        log(f"training: optimizer implementation {name}")
-        try:
-            result = plain_steps(
-                cfg,
-                batches,
-                grid_steps,
-                min(warmup, 3),
-                precision,
-                channels_last,
-                optimizer_kwargs=kwargs,
-            )
-        except (RuntimeError, TypeError, ValueError) as err:  # optimizer without that option
-            optimizers[name] = {"error": str(err)}
-            continue
-        optimizers[name] = {"step_s": result["step_s"], "phases_s": result["phases_s"]}
-    log("training: profile")
-    table = profile_steps(cfg, batches, profile_n, precision, channels_last)
-    peak = matmul_peak()
     return {
-        "batch_shape": list(batches[0][0].shape),
-        "precision": precision,
-        "channels_last": channels_last,
-        "warmup_steps": warmup,
         "plain": {"step_s": plain, "phases_s": first["phases_s"]},
         "plain_with_metrics": {"step_s": with_metrics["step_s"]},
         "lightning": lightning,
@@ -342,16 +369,46 @@ def run(
         / with_metrics["step_s"]["median"],
         "lightning_real_loader": real,
         "real_loader_ratio": real["step_s"]["median"] / lightning["step_s"]["median"],
+    }
+
+
+def run(
+    cfg: DictConfig,
+    real_loader_cfg: DictConfig,
+    steps: int,
+    warmup: int,
+    grid_steps: int,
+    profile_n: int,
+) -> dict[str, Any]:
+    """The whole training section (see the module docstring)."""
+    layout = configured_layout(cfg)
+    precision, channels_last = layout
+    batches = draw_batches(cfg, min(warmup + steps, 16))
+    log(f"training: {len(batches)} batches of {tuple(batches[0][0].shape)}, {precision}")
+    flops = step_flops(cfg, batches[0])
+    loops = compare_loops(cfg, real_loader_cfg, batches, steps, warmup, layout)
+    plain, lightning = loops["plain"]["step_s"], loops["lightning"]["step_s"]
+    grid = precision_grid(cfg, batches, grid_steps, min(warmup, 3), layout, plain)
+    fastest = min(grid, key=lambda k: grid[k]["step_s"]["median"])
+    optimizers = optimizer_implementations(cfg, batches, grid_steps, min(warmup, 3), layout)
+    log("training: profile")
+    table = profile_steps(cfg, batches, profile_n, precision, channels_last)
+    return {
+        "batch_shape": list(batches[0][0].shape),
+        "precision": precision,
+        "channels_last": channels_last,
+        "warmup_steps": warmup,
+        **loops,
         "flops": flops,
         "gflops_plain": flops["step_flops"] / plain["median"] / 1e9,
-        "gflops_lightning": flops["step_flops"] / lightning["step_s"]["median"] / 1e9,
-        "seconds_per_image": lightning["step_s"]["median"] / images,
+        "gflops_lightning": flops["step_flops"] / lightning["median"] / 1e9,
+        "seconds_per_image": lightning["median"] / int(batches[0][0].shape[0]),
         "precision_grid": grid,
         "fastest": fastest,
         "optimizer_implementations": optimizers,
         "auto_is_fastest": grid[fastest].get("auto", False),
         "profile_table": table,
-        **peak,
+        **matmul_peak(),
     }
 
 

@@ -3,7 +3,7 @@ slice, TTA per mode, peak RSS on the test volume and on a large synthetic volume
 of inference settings and precisions on the validation hold-out (never the test volume: the
 default is chosen there).
 
-Timed passes run in fresh processes (:mod:`emseg.bench.infer_worker`) one after the other, so
+Timed passes run in fresh processes (:mod:`benchmarks.bench.infer_worker`) one after the other, so
 each peak RSS belongs to that pass alone and no two heavy processes share the cores.
 """
 
@@ -20,11 +20,12 @@ import numpy as np
 import tifffile
 from omegaconf import OmegaConf
 
-from emseg.bench.common import compose_config, log
-from emseg.bench.infer_worker import load_network, run_job
+from benchmarks.bench.common import compose_config, log
+from benchmarks.bench.infer_worker import load_network, run_job
 from emseg.data.volume import read_pair
 from emseg.evaluate import evaluate_volume
 from emseg.inference import VolumePredictor
+from emseg.resolvers import PROJECT_ROOT
 
 __all__ = [
     "inference_settings",
@@ -52,10 +53,11 @@ def run_isolated(job: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
     if not isolate:
         return run_job(job)
     done = subprocess.run(
-        [sys.executable, "-m", "emseg.bench.infer_worker", json.dumps(job)],
+        [sys.executable, "-m", "benchmarks.bench.infer_worker", json.dumps(job)],
         capture_output=True,
         text=True,
         check=False,
+        cwd=PROJECT_ROOT,  # where ``benchmarks`` is importable
     )
     if done.returncode != 0:
         raise RuntimeError(f"inference worker failed ({done.returncode}): {done.stderr[-3000:]}")
@@ -79,13 +81,28 @@ def make_big_volume(source: Path, path: Path, shape: tuple[int, int, int]) -> Pa
     return path
 
 
+def _timed_pass(
+    name: str,
+    kind: str,
+    volume: Path,
+    ckpt: str,
+    settings: dict[str, Any],
+    limit: int | None,
+    isolate: bool,
+) -> dict[str, Any]:
+    """One :func:`~benchmarks.bench.infer_worker.run_job` pass over the first ``limit`` slices."""
+    log(f"inference: {name} on {volume.name} ({limit or 'all'} slices)")
+    job = {"kind": kind, "input": str(volume), "ckpt": ckpt, "settings": settings, "limit": limit}
+    return run_isolated(job, isolate)
+
+
 def _ratio(a: dict[str, Any], b: dict[str, Any], key: str = "median_slice_s") -> float:
     return float(a[key] / b[key])
 
 
 def timing(
     test_image: Path,
-    ckpt: str | None,
+    ckpt: str,
     scratch: Path,
     *,
     test_slices: int | None,
@@ -106,11 +123,10 @@ def timing(
         "tta_d4": ("predictor", inference_settings("default", tta="d4"), subset_slices),
         "plain_subset": ("plain", default, subset_slices),
     }
-    results: dict[str, Any] = {}
-    for name, (kind, settings, limit) in jobs.items():
-        log(f"inference: {name} on {test_image.name} ({limit or 'all'} slices)")
-        job = {"kind": kind, "input": str(test_image), "ckpt": ckpt, "settings": settings}
-        results[name] = run_isolated({**job, "limit": limit}, isolate)
+    results = {
+        name: _timed_pass(name, kind, test_image, ckpt, settings, limit, isolate)
+        for name, (kind, settings, limit) in jobs.items()
+    }
     plain, subset = results["plain"], results["plain_subset"]
     ratios = {
         "default_vs_plain_whole_volume": results["default"]["seconds"] / plain["seconds"],
@@ -118,39 +134,47 @@ def timing(
     }
     for name in ("tiled_previous_default", "naive", "tta_flips", "tta_d4"):
         ratios[f"{name}_vs_plain_median_slice"] = _ratio(results[name], subset)
-    out: dict[str, Any] = {"test": results, "ratios": ratios, "big": None}
+    big = None
     if big_shape is not None:
         path = scratch / f"synthetic_{'x'.join(map(str, big_shape))}.tif"
-        log(f"inference: writing {path}")
-        t0 = time.perf_counter()
-        make_big_volume(test_image, path, big_shape)
-        big: dict[str, Any] = {"write_s": time.perf_counter() - t0, "path": str(path)}
-        big_jobs = (
-            ("default", "predictor", big_slices, default),
-            ("plain", "plain", big_plain_slices, default),
-            (
-                "tiles_1024",
-                "predictor",
-                big_slices,
-                {**default, "tile_size": 1024, "overlap": 0.125},
-            ),
-        )
-        for name, kind, limit, settings in big_jobs:
-            log(f"inference: {name} on {path.name} ({limit} slices)")
-            job = {"kind": kind, "input": str(path), "ckpt": ckpt, "settings": settings}
-            big[name] = run_isolated({**job, "limit": limit}, isolate)
-        big["default_vs_plain_median_slice"] = _ratio(big["default"], big["plain"])
-        big["tiles_1024_vs_plain_median_slice"] = _ratio(big["tiles_1024"], big["plain"])
-        path.unlink()
-        out["big"] = big
-    return out
+        big = _big_volume(test_image, path, ckpt, big_shape, big_slices, big_plain_slices, isolate)
+    return {"test": results, "ratios": ratios, "big": big}
+
+
+def _big_volume(
+    source: Path,
+    path: Path,
+    ckpt: str,
+    shape: tuple[int, int, int],
+    slices: int,
+    plain_slices: int,
+    isolate: bool,
+) -> dict[str, Any]:
+    """The default, plain and 1024-px-tile passes over a ``shape`` volume made from ``source``
+    and written to ``path`` (deleted afterwards): memory and speed beyond the test volume."""
+    log(f"inference: writing {path}")
+    t0 = time.perf_counter()
+    make_big_volume(source, path, shape)
+    big: dict[str, Any] = {"write_s": time.perf_counter() - t0, "path": str(path)}
+    default = inference_settings("default")
+    jobs = (
+        ("default", "predictor", slices, default),
+        ("plain", "plain", plain_slices, default),
+        ("tiles_1024", "predictor", slices, {**default, "tile_size": 1024, "overlap": 0.125}),
+    )
+    for name, kind, limit, settings in jobs:
+        big[name] = _timed_pass(name, kind, path, ckpt, settings, limit, isolate)
+    big["default_vs_plain_median_slice"] = _ratio(big["default"], big["plain"])
+    big["tiles_1024_vs_plain_median_slice"] = _ratio(big["tiles_1024"], big["plain"])
+    path.unlink()
+    return big
 
 
 def validation_quality(
     train_image: Path,
     train_mask: Path,
     val_slices: int,
-    ckpt: str | None,
+    ckpt: str,
 ) -> dict[str, Any]:
     """fg IoU (threshold 0.5, pooled) of inference settings on the validation hold-out.
 
