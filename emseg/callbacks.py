@@ -13,40 +13,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 from typing_extensions import override
 
-__all__ = ["EpochSummary", "ValidationImageLogger", "error_overlay"]
+from emseg.report.figures import error_rgb
+
+__all__ = ["EpochSummary", "ValidationImageLogger"]
 
 log = logging.getLogger(__name__)
 
 
-def error_overlay(image: torch.Tensor, target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """RGB overlay of a prediction on its image: TP green, FP red, FN blue.
-
-    Args:
-        image: ``(Y, X)`` float image (any range; min-max scaled here).
-        target: ``(Y, X)`` ground truth in {0, 1}.
-        probs: ``(Y, X)`` predicted probabilities.
-
-    Returns:
-        ``(3, Y, X)`` float in [0, 1].
-    """
-    gray = image.float()
-    gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp_min(1e-6)
-    rgb = gray.expand(3, *gray.shape).clone()
-    pred, truth = probs > 0.5, target > 0.5
-    colours = {
-        (True, True): (0.0, 1.0, 0.0),
-        (True, False): (1.0, 0.0, 0.0),
-        (False, True): (0.0, 0.3, 1.0),
-    }
-    for (p, t), colour in colours.items():
-        where = (pred == p) & (truth == t)
-        for channel, value in enumerate(colour):
-            rgb[channel][where] = 0.5 * rgb[channel][where] + 0.5 * value
-    return rgb
-
-
 class ValidationImageLogger(L.Callback):
-    """Log a few validation slices with error overlays to TensorBoard after each validation.
+    """Log a few validation slices with error overlays (:func:`emseg.report.figures.error_rgb`)
+    to TensorBoard after each validation.
 
     Args:
         num_images: slices to log, spread evenly over the validation batches.
@@ -81,12 +57,12 @@ class ValidationImageLogger(L.Callback):
         image, target = batch
         centre = image.shape[1] // 2
         s = self.downsample
-        panel = error_overlay(
-            image[0, centre, ::s, ::s].cpu(),
-            target[0, 0, ::s, ::s].cpu(),
-            outputs["probs"][0, 0, ::s, ::s].float().cpu(),
+        rgb = error_rgb(
+            image[0, centre, ::s, ::s].float().cpu().numpy(),
+            outputs["probs"][0, 0, ::s, ::s].float().cpu().numpy() > 0.5,
+            target[0, 0, ::s, ::s].cpu().numpy() > 0.5,
         )
-        self._panels.append(panel)
+        self._panels.append(torch.from_numpy(rgb).permute(2, 0, 1))
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -153,35 +129,3 @@ class EpochSummary(L.Callback):
             step,
             text,
         )
-
-
-class FitTimer(L.Callback):
-    """Training wall time of a run summed over every process that worked on it.
-
-    A resumed run starts a new process; its own clock would report only the part after the
-    resume. The total so far travels in each checkpoint (callback state), so ``fit_seconds``
-    in ``metrics.json`` covers the whole run: the time up to the checkpoint it resumed from
-    plus the time since (work lost after that checkpoint is not counted).
-    """
-
-    def __init__(self) -> None:
-        self.previous = 0.0
-        self._start: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        """Seconds of training so far, previous processes included."""
-        running = time.perf_counter() - self._start if self._start is not None else 0.0
-        return self.previous + running
-
-    @override
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    @override
-    def state_dict(self) -> dict[str, float]:
-        return {"seconds": self.seconds}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.previous = float(state_dict.get("seconds", 0.0))

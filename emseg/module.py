@@ -15,7 +15,11 @@ from emseg.inference.sliding_window import pad_to_multiple
 from emseg.metrics import segmentation_metrics
 from emseg.optim import param_groups
 
-__all__ = ["SegmentationModule"]
+__all__ = ["MONITOR", "SegmentationModule"]
+
+MONITOR = "val/fg_iou"
+"""The metric that selects the best checkpoint and drives plateau schedulers (code's default;
+configs name it once, as ``module.monitor``, and interpolate it elsewhere)."""
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -29,9 +33,10 @@ class SegmentationModule(L.LightningModule):
         loss: ``loss(logits, target)`` with float target in {0, 1}.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler called with the optimizer, or ``None``.
-        l2_last_two: L2 penalty on the final two conv layers only (the report's ablation).
+        l2_last_two: weight decay of the final two conv layers only (a parameter group of its
+            own, see :func:`emseg.optim.param_groups`); 0 disables it.
         channels_last: run the network in channels_last memory layout.
-        monitor: metric that plateau schedulers follow.
+        monitor: logged metric that plateau schedulers follow (``mode: max`` in their config).
         run_config: the resolved run configuration, stored in every checkpoint so evaluation
             and prediction rebuild the model and the normalisation from the checkpoint alone.
     """
@@ -44,7 +49,7 @@ class SegmentationModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         l2_last_two: float = 0.0,
         channels_last: bool = False,
-        monitor: str = "val/fg_iou",
+        monitor: str = MONITOR,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()

@@ -18,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from emseg.io.atomic import write_json_atomic
 from emseg.hardware import describe_hardware
+from emseg.io.atomic import write_json_atomic
+from emseg.metrics import segmentation_metrics
 from emseg.resolvers import PROJECT_ROOT
 
 __all__ = ["git_commit", "record_environment", "run_hparams", "log_hparams", "HPARAM_METRICS"]
@@ -72,7 +73,7 @@ def run_hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
         "optim": choices.get("optim", _target_name(cfg.optim)),
         "lr": float(cfg.optim.lr),
         "weight_decay": float(cfg.optim.get("weight_decay", 0.0)),
-        "l2_last_two": float(cfg.optim.get("l2_last_two", 0.0)),
+        "l2_last_two": float(cfg.module.l2_last_two),
         "scheduler": choices.get("scheduler", _target_name(cfg.scheduler)),
         "data": choices.get("data", Path(str(cfg.data.train_mask)).parent.name),
         "patch_size": int(cfg.data.patch_size),
@@ -86,9 +87,8 @@ def run_hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
     }
 
 
-HPARAM_METRICS = [
-    f"{stage}/{name}" for stage in ("val", "test") for name in ("fg_iou", "mean_iou", "dice", "acc")
-]
+HPARAM_METRICS = [f"{stage}/{name}" for stage in ("val", "test") for name in segmentation_metrics()]
+"""The metric columns of the hparams tab: every metric the module logs, per evaluated split."""
 
 
 def log_hparams(logger: TensorBoardLogger, hparams: dict[str, Any]) -> None:

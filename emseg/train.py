@@ -15,15 +15,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from emseg.io.atomic import write_json_atomic
-from emseg.callbacks import FitTimer
 from emseg.errors import ConfigError
-from emseg.hardware import describe_hardware
+from emseg.hardware import describe_hardware, set_torch_threads
+from emseg.io.atomic import write_json_atomic
+from emseg.io.checkpoint import read_checkpoint
 from emseg.module import SegmentationModule
 from emseg.records import log_hparams, record_environment, run_hparams
 from emseg.run_dir import claim_run_dir
@@ -33,41 +33,46 @@ __all__ = ["build", "check_config", "run"]
 log = logging.getLogger(__name__)
 
 
+def _launcher_threads() -> int | None:
+    """Threads per job that the Hydra launcher implies: the cores shared fairly between
+    parallel joblib jobs (oversubscribed OpenMP threads slow CPU training by an order of
+    magnitude), or a submitit launcher's ``cpus_per_task`` (its local jobs all run at once)."""
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        cores = os.cpu_count() or 1
+        n_jobs = int(launcher.get("n_jobs") or -1)
+        n_jobs = cores if n_jobs <= 0 else min(n_jobs, cores)
+        return max(1, cores // n_jobs)
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return launcher.cpus_per_task
+    return None
+
+
 def _configure_threads(cfg: DictConfig) -> None:
-    """Set torch's intra-op threads: ``torch_threads`` if given, else share the cores fairly
-    between parallel joblib sweep jobs (oversubscribed OpenMP threads slow CPU training ~10x),
-    or use ``cpus_per_task`` of a submitit launcher (its local jobs all run at once)."""
+    """Set torch's intra-op threads: ``torch_threads`` if given, else what the launcher implies,
+    else torch's default."""
     threads = cfg.get("torch_threads")
-    if threads is None and HydraConfig.initialized():
-        launcher = HydraConfig.get().launcher
-        target = str(launcher.get("_target_", ""))
-        if "joblib" in target:
-            cores = os.cpu_count() or 1
-            n_jobs = int(launcher.get("n_jobs") or -1)
-            n_jobs = cores if n_jobs <= 0 else min(n_jobs, cores)
-            threads = max(1, cores // n_jobs)
-        elif "submitit" in target and launcher.get("cpus_per_task"):
-            threads = int(launcher.cpus_per_task)
     if threads is not None:
-        if int(threads) <= 0:
-            raise ConfigError(f"torch_threads must be positive, got {threads}")
-        torch.set_num_threads(int(threads))
-
-
-def _split_optimizer(cfg: DictConfig) -> tuple[DictConfig, float]:
-    """Separate ``optim.l2_last_two`` (an emseg option, not an optimizer kwarg) from the rest."""
-    optim_cfg = OmegaConf.create(OmegaConf.to_container(cfg.optim, resolve=True))
-    l2_last_two = float(optim_cfg.pop("l2_last_two", 0.0))
-    return optim_cfg, l2_last_two
+        set_torch_threads(threads, "torch_threads")
+    else:
+        set_torch_threads(_launcher_threads(), "hydra.launcher.cpus_per_task")
 
 
 def _build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
-    """The configured callbacks; without a logger, those that only log (LR monitor) are left
-    out instead of failing, so that ``logger=none`` works with the default callbacks."""
+    """The configured callbacks plus the run's one :class:`Timer`.
+
+    Without a logger, those that only log (LR monitor) are left out instead of failing, so that
+    ``logger=none`` works with the default callbacks. The Timer enforces ``trainer.max_time``
+    (the Trainer is built without it, so Lightning adds no second Timer) and carries the
+    elapsed training time across resumes in its checkpoint state (``fit_seconds``).
+    """
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not has_logger:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return [*callbacks, FitTimer()]  # bookkeeping for metrics.json, not an option
+    return [*callbacks, Timer(duration=cfg.trainer.get("max_time"), interval="step")]
 
 
 def _build_loggers(cfg: DictConfig) -> list:
@@ -88,14 +93,10 @@ def _checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     if ckpt == "last":
         return "last"
     path = Path(str(ckpt))
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"ckpt_path: {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:
-        raise ConfigError(f"ckpt_path: {path} is not a readable checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path: {path} is not a Lightning checkpoint (no state_dict)")
+    # Optimizer and loop state may hold more than tensors: trusted here, it is the user's run.
+    read_checkpoint(path, weights_only=False)
     return str(path)
 
 
@@ -132,23 +133,29 @@ def _check_distributed(trainer: L.Trainer) -> None:
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
-    """Instantiate the data module, the LightningModule and the Trainer from ``cfg``."""
+    """Instantiate the data module, the LightningModule and the Trainer from ``cfg``.
+
+    ``cfg.module`` holds the module's own arguments; the network, loss, optimizer and scheduler
+    come from their groups, and the resolved config travels into every checkpoint.
+    """
     check_config(cfg)
-    optim_cfg, l2_last_two = _split_optimizer(cfg)
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model, in_channels=datamodule.in_channels)
-    module = SegmentationModule(
-        net=net,
+    module = instantiate(
+        cfg.module,
+        _recursive_=False,  # the parts arrive built; run_config's _target_ keys stay data
+        _convert_="all",
+        net=instantiate(cfg.model, in_channels=datamodule.in_channels),
         loss=instantiate(cfg.loss),
-        optimizer=instantiate(optim_cfg),
+        optimizer=instantiate(cfg.optim),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        l2_last_two=l2_last_two,
-        channels_last=bool(cfg.channels_last),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     loggers = _build_loggers(cfg)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_build_callbacks(cfg, bool(loggers)), logger=loggers or False
+        cfg.trainer,
+        callbacks=_build_callbacks(cfg, bool(loggers)),
+        logger=loggers or False,
+        max_time=None,
     )
     return datamodule, module, trainer
 
@@ -202,7 +209,7 @@ def _fit_and_record(
         "hardware: %s; precision %s; channels_last %s",
         describe_hardware(),
         precision,
-        cfg.channels_last,
+        cfg.module.channels_last,
     )
     hparams = run_hparams(cfg, precision)
     for logger in trainer.loggers:
@@ -222,21 +229,38 @@ def _fit_and_record(
         raise
     process_seconds = time.perf_counter() - start
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    timer = next((c for c in trainer.callbacks if isinstance(c, FitTimer)), None)
-    metrics["fit_seconds"] = timer.seconds if timer is not None else process_seconds
-    metrics["fit_seconds_this_process"] = process_seconds
-    metrics["global_step"] = float(trainer.global_step)
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics["val/best_fg_iou"] = float(checkpoint.best_model_score)
+    metrics = _final_metrics(trainer, process_seconds)
     if cfg.get("test_after_fit"):
+        checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in results[0].items()})
     if trainer.is_global_zero:
         summary = {"metrics": metrics, "hparams": hparams}
         write_json_atomic(output_dir / "metrics.json", summary)
+    return metrics
+
+
+def _best_key(monitor: str) -> str:
+    """``val/fg_iou`` -> ``val/best_fg_iou``: the key of the best monitored value."""
+    stage, _, name = monitor.rpartition("/")
+    return f"{stage}/best_{name}" if stage else f"best_{name}"
+
+
+def _final_metrics(trainer: L.Trainer, process_seconds: float) -> dict[str, float]:
+    """Last logged scalars, training time and step, and the best monitored value.
+
+    ``fit_seconds`` is the Timer's training time summed over every process of the run (it is
+    restored from the checkpoint on resume); ``fit_seconds_this_process`` is this process's.
+    """
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    metrics["fit_seconds"] = timer.time_elapsed("train")
+    metrics["fit_seconds_this_process"] = process_seconds
+    metrics["global_step"] = float(trainer.global_step)
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[_best_key(checkpoint.monitor)] = float(checkpoint.best_model_score)
     return metrics
 
 

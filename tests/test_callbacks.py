@@ -1,4 +1,5 @@
-"""The per-epoch summary line shows validation metrics only in epochs that validated."""
+"""The per-epoch summary line shows validation metrics only in epochs that validated; the
+validation images use the report figures' error overlay."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from types import SimpleNamespace
 
 import torch
 
-from emseg.callbacks import EpochSummary
+from emseg.callbacks import EpochSummary, ValidationImageLogger
+from emseg.report.figures import error_rgb
 
 
 class _Module:
@@ -52,3 +54,16 @@ def test_sanity_check_does_not_count_as_validation(caplog):
     with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
         _epoch(callback, trainer, validate=True)
     assert "val/" not in caplog.records[-1].getMessage()
+
+
+def test_validation_images_are_the_report_overlay():
+    callback = ValidationImageLogger(num_images=1, downsample=1)
+    trainer = SimpleNamespace(sanity_checking=False, num_val_batches=[1])
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 4, 4, generator=generator)
+    target = (torch.rand(1, 1, 4, 4, generator=generator) > 0.5).float()
+    probs = torch.rand(1, 1, 4, 4, generator=generator)
+    callback.on_validation_batch_end(trainer, None, {"probs": probs}, (image, target), 0)
+    (panel,) = callback._panels
+    expected = error_rgb(image[0, 1].numpy(), probs[0, 0].numpy() > 0.5, target[0, 0].numpy() > 0.5)
+    assert torch.equal(panel, torch.from_numpy(expected).permute(2, 0, 1))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from emseg.module import MONITOR, SegmentationModule
 from emseg.resolvers import PROJECT_ROOT
-from emseg.train import _split_optimizer
 
 CONF = PROJECT_ROOT / "conf"
 
@@ -36,12 +38,36 @@ def test_loss_instantiates_and_is_finite(tiny_cfg, name):
 
 @pytest.mark.parametrize("name", options("optim"))
 def test_optimizer_is_partial(tiny_cfg, name):
-    optim_cfg, l2 = _split_optimizer(tiny_cfg(f"optim={name}"))
-    factory = instantiate(optim_cfg)
+    factory = instantiate(tiny_cfg(f"optim={name}").optim)
     assert isinstance(factory, functools.partial)
-    assert l2 == 0.0
     optimizer = factory(params=[torch.nn.Parameter(torch.zeros(3))])
     assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+# Passed to the module by emseg.train.build, not configured in conf/module.
+BUILT_ARGUMENTS = {"net", "loss", "optimizer", "scheduler", "run_config"}
+
+
+@pytest.mark.parametrize("name", options("module"))
+def test_module_config_keys_are_the_constructor_arguments(tiny_cfg, name):
+    node = tiny_cfg(f"module={name}").module
+    assert node._target_ == "emseg.module.SegmentationModule"
+    keys = {k for k in node if not k.startswith("_")}
+    parameters = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self"}
+    assert keys == parameters - BUILT_ARGUMENTS
+    assert not keys & BUILT_ARGUMENTS
+
+
+def test_monitored_metric_is_named_once(tiny_cfg):
+    """module.monitor is the one place; the checkpoint, its file name and the sweep follow it."""
+    cfg = tiny_cfg("module.monitor=val/dice")
+    checkpoint = cfg.callbacks.model_checkpoint
+    assert checkpoint.monitor == cfg.optimized_metric == "val/dice"
+    assert checkpoint.filename == "best-epoch{epoch:03d}-fg_iou{val/dice:.4f}"
+    assert tiny_cfg().module.monitor == MONITOR
+    assert tiny_cfg("hparams_search=optuna_fg_iou").optimized_metric == MONITOR
+    raw = OmegaConf.to_yaml(tiny_cfg(), resolve=False)
+    assert raw.count(MONITOR) == 1, raw
 
 
 def test_adam_default_lr_is_the_reports(tiny_cfg):
@@ -109,7 +135,7 @@ def test_callbacks_and_logger_instantiate(tiny_cfg):
     cfg = tiny_cfg()
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     assert any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
-    assert cfg.callbacks.model_checkpoint.monitor == "val/fg_iou"
+    assert cfg.callbacks.model_checkpoint.monitor == MONITOR
     logger = instantiate(cfg.logger.tensorboard)
     assert type(logger).__name__ == "TensorBoardLogger"
 
@@ -175,7 +201,7 @@ def test_ablations_compose_and_differ_from_baseline_only_where_named(tiny_cfg, n
         "focal": cfg.loss._target_.endswith("FocalLoss"),
         "adagrad": cfg.optim._target_ == "torch.optim.Adagrad",
         "sgd": cfg.optim._target_ == "torch.optim.SGD",
-        "l2": cfg.optim.l2_last_two > 0,
+        "l2": cfg.module.l2_last_two > 0,
     }
     assert [k for k, v in changed.items() if v] == ([] if name == "baseline" else [name])
 

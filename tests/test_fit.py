@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from emseg.train import build, run
 
@@ -60,7 +61,7 @@ def test_loss_decreases_on_an_easy_task(tiny_cfg, loss, optim):
 
 
 def test_l2_last_two_penalises_only_the_final_two_convs(tiny_cfg):
-    cfg = tiny_cfg("optim.l2_last_two=1e-3")
+    cfg = tiny_cfg("module.l2_last_two=1e-3")
     _, module, _ = build(cfg)
     optimizer = module.configure_optimizers()
     groups = optimizer.param_groups
@@ -68,6 +69,17 @@ def test_l2_last_two_penalises_only_the_final_two_convs(tiny_cfg):
     penalised = {id(p) for p in groups[1]["params"]}
     names = [n for n, p in module.net.named_parameters() if id(p) in penalised]
     assert names == ["decoder.blocks.4.conv2.0.weight", "segmentation_head.0.weight"]
+
+
+def test_max_time_is_enforced_by_the_runs_one_timer(tiny_cfg):
+    """trainer.max_time goes to the one Timer emseg adds (Lightning would ignore its own
+    max_time beside it); a spent budget stops the run before its first step."""
+    _, _, trainer = build(tiny_cfg("trainer.max_time='00:00:02:00'"))
+    (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    assert timer.time_remaining() == pytest.approx(120.0)
+    cfg = tiny_cfg("trainer.max_time='00:00:00:00'", "trainer.max_epochs=3", "test_after_fit=false")
+    metrics = run(cfg)
+    assert metrics["global_step"] == 0  # 6 steps without the limit
 
 
 def test_run_writes_metrics_checkpoints_and_events(tiny_cfg):
@@ -80,7 +92,9 @@ def test_run_writes_metrics_checkpoints_and_events(tiny_cfg):
         assert 0.0 <= metrics[key] or key.endswith("loss")
     assert summary["hparams"]["loss"] and summary["hparams"]["lr"] == pytest.approx(1e-4)
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
+    # the file name template renders {epoch:03d} and the interpolated ${module.monitor}
+    best_name = f"best-epoch000-fg_iou{summary['metrics']['val/best_fg_iou']:.4f}.ckpt"
+    assert "last.ckpt" in ckpts and best_name in ckpts, ckpts
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "config.yaml").exists()
     environment = json.loads((out / "environment.json").read_text())

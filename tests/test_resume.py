@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from emseg.errors import ConfigError
-from emseg.train import run
+from emseg.train import build, run
 
 
 def test_resume_continues_from_last_checkpoint(tiny_cfg):
@@ -21,14 +22,35 @@ def test_resume_continues_from_last_checkpoint(tiny_cfg):
     assert first["global_step"] == 2
     out = Path(tiny_cfg().paths.output_dir)
     (out / "metrics.json").unlink()  # as if the run had been killed after its checkpoint
+    saved = _timer_seconds(out / "checkpoints" / "last.ckpt")
+    assert 0 < saved <= first["fit_seconds"]
     resumed = run(tiny_cfg("trainer.max_epochs=2", "test_after_fit=false", "resume=true"))
     assert resumed["global_step"] == 4  # two more steps, not four from scratch
     # fit_seconds spans both processes: the first one's time up to its checkpoint, plus this one
-    carried = resumed["fit_seconds"] - resumed["fit_seconds_this_process"]
-    assert 0 < carried <= first["fit_seconds"]
+    assert saved < resumed["fit_seconds"] <= saved + resumed["fit_seconds_this_process"]
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4
     assert not list(out.rglob(".*.tmp-*")), "temporary checkpoint files left behind"
+
+
+def _timer_seconds(checkpoint: Path) -> float:
+    """Training seconds stored in a checkpoint by Lightning's Timer callback."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["callbacks"]
+    return state["Timer"]["time_elapsed"]["train"]
+
+
+def test_timer_state_survives_resume(tiny_cfg):
+    """The run's one Timer restores the elapsed training time from the checkpoint: after the
+    resumed fit it is exactly the saved time plus this process's training time."""
+    run(tiny_cfg("trainer.max_epochs=1", "test_after_fit=false", "logger=none"))
+    last = Path(tiny_cfg().paths.output_dir) / "checkpoints" / "last.ckpt"
+    saved = _timer_seconds(last)
+    datamodule, module, trainer = build(tiny_cfg("trainer.max_epochs=2", "logger=none"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last))
+    (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    this_process = timer.end_time("train") - timer.start_time("train")
+    assert saved > 0 and this_process > 0
+    assert timer.time_elapsed("train") == pytest.approx(saved + this_process)
 
 
 def test_completed_run_is_not_repeated(tiny_cfg):

@@ -8,18 +8,41 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["per_slice_fg_iou", "pick_slices", "error_rgb", "plot_examples", "plot_edge_errors"]
+from emseg.metrics import binary_scores
+
+__all__ = [
+    "ERROR_COLOURS",
+    "binarize",
+    "error_rgb",
+    "per_slice_fg_iou",
+    "pick_slices",
+    "plot_edge_errors",
+    "plot_examples",
+]
+
+
+# One colour scheme for every error overlay (report figures and TensorBoard images): true
+# positives green, false positives red, false negatives blue, blended half over the image.
+ERROR_COLOURS = {"tp": (0.0, 1.0, 0.0), "fp": (1.0, 0.0, 0.0), "fn": (0.0, 0.3, 1.0)}
+
+
+def binarize(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Foreground where ``probs`` (float in [0, 1], or uint8 0-255 as predict.py writes them)
+    exceeds ``threshold`` (given on the [0, 1] scale)."""
+    return probs > (threshold * 255 if probs.dtype == np.uint8 else threshold)
 
 
 def per_slice_fg_iou(probs: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Foreground IoU of every slice of ``(Z, Y, X)`` probabilities (uint8 0-255 or float)."""
-    if probs.dtype == np.uint8:
-        threshold = threshold * 255
-    pred = probs > threshold
-    truth = mask > 0
-    inter = (pred & truth).sum(axis=(1, 2))
-    union = (pred | truth).sum(axis=(1, 2))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    """Foreground IoU of every slice of ``(Z, Y, X)`` probabilities (uint8 0-255 or float),
+    from each slice's confusion counts by :func:`emseg.metrics.binary_scores`."""
+    pred, truth = binarize(probs, threshold), mask > 0
+    axes = tuple(range(1, pred.ndim))
+    tp = (pred & truth).sum(axis=axes)
+    fp = (pred & ~truth).sum(axis=axes)
+    fn = (~pred & truth).sum(axis=axes)
+    tn = pred[0].size - tp - fp - fn
+    counts = zip(tp, fp, tn, fn, strict=True)
+    return np.array([binary_scores(*map(float, c))["fg_iou"] for c in counts])
 
 
 def pick_slices(scores: np.ndarray) -> dict[str, int]:
@@ -29,12 +52,20 @@ def pick_slices(scores: np.ndarray) -> dict[str, int]:
 
 
 def error_rgb(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """RGB ``(Y, X, 3)`` float: grey image, false positives red, false negatives blue."""
+    """RGB ``(Y, X, 3)`` float in [0, 1]: the min-max scaled grey image with the
+    :data:`ERROR_COLOURS` of true positives, false positives and false negatives over it.
+
+    Args:
+        image: ``(Y, X)`` image of any numeric type and range.
+        pred, truth: ``(Y, X)`` boolean prediction and ground truth.
+    """
     gray = image.astype(np.float32)
     gray = (gray - gray.min()) / max(float(gray.max() - gray.min()), 1e-6)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    rgb[pred & ~truth] = 0.4 * rgb[pred & ~truth] + 0.6 * np.array([1.0, 0.1, 0.1])
-    rgb[~pred & truth] = 0.4 * rgb[~pred & truth] + 0.6 * np.array([0.1, 0.4, 1.0])
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    regions = {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth}
+    for name, where in regions.items():
+        rgb[where] = 0.5 * rgb[where] + 0.5 * np.asarray(ERROR_COLOURS[name], np.float32)
     return rgb
 
 
@@ -59,12 +90,11 @@ def plot_examples(image_path, mask_path, probs_path, out_png, threshold: float =
     chosen = pick_slices(scores)
     zs = list(chosen.values())
     images = _read_slices(Path(image_path), zs)
-    scale = 255 if probs.dtype == np.uint8 else 1.0
     fig, axes = plt.subplots(len(zs), 4, figsize=(13, 2.6 * len(zs)))
     for row, (name, z) in enumerate(chosen.items()):
-        pred = probs[z] > threshold * scale
+        pred = binarize(probs[z], threshold)
         panels = [images[row], mask[z], pred, error_rgb(images[row], pred, mask[z])]
-        titles = ["image", "ground truth", "prediction", "errors (FP red, FN blue)"]
+        titles = ["image", "ground truth", "prediction", "errors (TP green, FP red, FN blue)"]
         for col, (panel, title) in enumerate(zip(panels, titles, strict=True)):
             ax = axes[row, col]
             ax.imshow(panel[::2, ::2], cmap="gray", interpolation="nearest")
@@ -93,9 +123,7 @@ def plot_edge_errors(
     results = {}
     error_maps = {}
     for name, path in (("naive", naive_path), ("blended", blended_path)):
-        probs = tifffile.imread(path)
-        scale = 255 if probs.dtype == np.uint8 else 1.0
-        pred = probs > threshold * scale
+        pred = binarize(tifffile.imread(path), threshold)
         error_maps[name] = pred ^ mask
         results[name] = pred
     gap = error_maps["naive"].sum(axis=(1, 2)) - error_maps["blended"].sum(axis=(1, 2))
