@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 from hydra.errors import CompactHydraException
@@ -21,7 +21,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from emseg.errors import find_user_error
 
-__all__ = ["USER_ERROR_EXIT_CODE", "launch", "one_line", "run_or_exit", "user_message"]
+__all__ = [
+    "USER_ERROR_EXIT_CODE",
+    "launch",
+    "one_line",
+    "progress_bar",
+    "run_or_exit",
+    "user_message",
+]
 
 T = TypeVar("T")
 
@@ -125,3 +132,36 @@ def launch(main: Callable[[], Any]) -> Any:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def progress_bar(
+    items: Iterable[T], total: int, description: str, enabled: bool = True
+) -> Iterator[T]:
+    """Yield ``items`` while showing slices done / total, elapsed time and ETA on stderr."""
+    if not enabled:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("slices"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)

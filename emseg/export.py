@@ -3,39 +3,35 @@
 Writes ``<output>.pt`` (TorchScript, ``format=torchscript``) or ``<output>.onnx`` (ONNX,
 ``format=onnx``) and ``<output>.json``, a model card with everything a user of the file needs:
 the preprocessing (``(x / dtype_max - mean) / std``, the 2.5D input channels), the input size
-rule (height and width multiples of the encoder's stride, 32), the recommended tile size,
-overlap and border padding from ``conf/inference``, and the output (logits; foreground
-probability = sigmoid). The network is rebuilt by :func:`emseg.inference.load_checkpoint`, and
-each file is written under a temporary name and renamed only when both are complete.
+rule (height and width multiples of the network's stride), the tile size, overlap and border
+padding of the inference pipeline (``conf/inference`` beneath the checkpoint's own settings,
+as eval.py / predict.py use them), and the output (logits; foreground probability = sigmoid).
+The pipeline is built by :func:`emseg.inference.build_pipeline`, and both files are written
+through :func:`emseg.io.atomic_paths`: they appear together, only when both are complete.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from emseg.io.atomic import temporary_sibling
 from emseg.errors import ConfigError, EmsegError
-from emseg.inference import Checkpoint, load_checkpoint
-from emseg.predict import check_output_path
+from emseg.inference import Checkpoint, build_pipeline, model_stride
+from emseg.io import atomic_paths, check_output_path
 
 __all__ = [
     "FORMATS",
     "export_onnx",
     "export_torchscript",
-    "input_multiple",
     "load_exported",
     "model_card",
     "output_paths",
@@ -49,12 +45,6 @@ FORMATS: dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 # Exported and PyTorch outputs must agree this closely on the verification sample.
 VERIFY_ATOL = 1e-3
-
-
-def input_multiple(net: nn.Module) -> int:
-    """The factor that input height and width must be multiples of (the encoder's stride)."""
-    encoder = getattr(net, "encoder", None)
-    return int(getattr(encoder, "output_stride", 32))
 
 
 def output_paths(output: str | Path, fmt: str) -> tuple[Path, Path]:
@@ -76,7 +66,7 @@ def export_torchscript(net: nn.Module, path: Path) -> None:
 
     Args:
         net: eval-mode network mapping float32 ``(N, C, H, W)`` images, H and W multiples of
-            :func:`input_multiple`, to ``(N, 1, H, W)`` logits.
+            :func:`emseg.inference.model_stride`, to ``(N, 1, H, W)`` logits.
         path: the ``.pt`` file to write.
     """
     torch.jit.save(torch.jit.script(net), str(path))
@@ -95,7 +85,7 @@ def export_onnx(net: nn.Module, path: Path, in_channels: int, opset: int = 18) -
         in_channels: ``C``, the network's input channels.
         opset: ONNX opset version.
     """
-    multiple = input_multiple(net)
+    multiple = model_stride(net)
     dims = torch.export.Dim
     shapes = ({0: dims("batch", max=4096), 2: multiple * dims("h"), 3: multiple * dims("w")},)
     # Batch 2: a dimension of size 1 would be specialised by torch.export.
@@ -139,7 +129,7 @@ def load_exported(path: str | Path, fmt: str) -> Any:
 
 def _verify(net: nn.Module, path: Path, fmt: str, in_channels: int) -> dict[str, Any]:
     """Run the exported file and ``net`` on one random sample: the largest difference."""
-    multiple = input_multiple(net)
+    multiple = model_stride(net)
     x = torch.randn(
         1, in_channels, 2 * multiple, 3 * multiple, generator=torch.Generator().manual_seed(0)
     )
@@ -189,7 +179,7 @@ def model_card(
         opset: ONNX opset (recorded for ``onnx`` only).
     """
     pre = checkpoint.preprocessing
-    multiple = input_multiple(checkpoint.net)
+    multiple = model_stride(checkpoint.net)
     model_cfg = checkpoint.config.get("model", {})
     card: dict[str, Any] = {
         "format": fmt,
@@ -254,22 +244,6 @@ def model_card(
     return card
 
 
-@contextlib.contextmanager
-def _staged(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary names for ``paths``: renamed over them by :func:`_commit`, else deleted."""
-    tmps = [temporary_sibling(p) for p in paths]
-    try:
-        yield tmps
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-
-
-def _commit(tmps: list[Path], paths: tuple[Path, ...]) -> None:
-    for tmp, path in zip(tmps, paths, strict=True):
-        os.replace(tmp, path)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` as ``cfg.format`` to ``cfg.output`` (see conf/export.yaml).
 
@@ -285,16 +259,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model_path, card_path = output_paths(cfg.output, fmt)
     for path, key in ((model_path, "output"), (card_path, "output (model card)")):
         check_output_path(path, key, bool(cfg.overwrite))
-    inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    pipeline = build_pipeline(cfg)
+    checkpoint, inference = pipeline.checkpoint, pipeline.window.as_dict()
     net, in_channels = checkpoint.net, checkpoint.preprocessing.in_channels
-    tile = inference.get("tile_size")
-    if tile is not None and int(tile) % input_multiple(net):
+    tile, stride = inference.get("tile_size"), model_stride(checkpoint.net)
+    if tile is not None and int(tile) % stride:
         raise ConfigError(
-            f"inference.tile_size={tile} is not a multiple of {input_multiple(net)}, the input "
-            "size the exported model needs"
+            f"inference.tile_size={tile} is not a multiple of {stride}, the input size the "
+            "exported model needs"
         )
-    with _staged(model_path, card_path) as (tmp_model, tmp_card):
+    with atomic_paths(model_path, card_path) as (tmp_model, tmp_card):
         if fmt == "torchscript":
             export_torchscript(net, tmp_model)
         else:
@@ -305,6 +279,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         verified = _verify(net, tmp_model, fmt, in_channels) if cfg.get("verify", True) else None
         card["verified"] = verified
         tmp_card.write_text(json.dumps(card, indent=2) + "\n")
-        _commit([tmp_model, tmp_card], (model_path, card_path))
     log.info("wrote %s and %s", model_path, card_path)
     return {"model": str(model_path), "card": str(card_path), "verified": verified}

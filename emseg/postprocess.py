@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -24,7 +25,7 @@ from scipy.sparse import csgraph
 from emseg.errors import ConfigError
 
 __all__ = [
-    "check_postprocess_args",
+    "PostprocessSettings",
     "median_filter_slices",
     "median_filter_volume",
     "remove_small_components",
@@ -32,16 +33,37 @@ __all__ = [
 ]
 
 
-def check_postprocess_args(median_size: int, min_size: int, connectivity: int) -> None:
-    """Raise :class:`~emseg.errors.ConfigError` naming the invalid ``postprocess.*`` key."""
-    if int(median_size) < 0 or (int(median_size) > 1 and int(median_size) % 2 == 0):
-        raise ConfigError(
-            f"postprocess.median_size must be 0 (off) or an odd window side, got {median_size}"
-        )
-    if int(min_size) < 0:
-        raise ConfigError(f"postprocess.min_size must be >= 0 voxels, got {min_size}")
-    if int(connectivity) not in (1, 2, 3):
-        raise ConfigError(f"postprocess.connectivity must be 1, 2 or 3, got {connectivity}")
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """Post-processing of the probabilities (``conf/postprocess``; defaults: everything off).
+
+    Attributes:
+        median_size: side of a 3D median filter over the probabilities: 0 = off, else odd.
+        min_size: remove 3D connected components of the binary mask smaller than this many
+            voxels (0 = off).
+        connectivity: neighbourhood of those components: 1 = 6 face neighbours, 2 = 18, 3 = 26.
+    """
+
+    median_size: int = 0
+    min_size: int = 0
+    connectivity: int = 1
+
+    def __post_init__(self) -> None:
+        size = int(self.median_size)
+        if size < 0 or (size > 1 and size % 2 == 0):
+            raise ConfigError(
+                f"postprocess.median_size must be 0 (off) or an odd window side, got {size}"
+            )
+        if int(self.min_size) < 0:
+            raise ConfigError(f"postprocess.min_size must be >= 0 voxels, got {self.min_size}")
+        if int(self.connectivity) not in (1, 2, 3):
+            raise ConfigError(
+                f"postprocess.connectivity must be 1, 2 or 3, got {self.connectivity}"
+            )
+
+    def as_dict(self) -> dict[str, int]:
+        """The settings as plain integers (for metrics.json)."""
+        return {key: int(value) for key, value in asdict(self).items()}
 
 
 def median_filter_slices(

@@ -1,4 +1,4 @@
-"""Data: reading and validating volumes, patch datasets, augmentation, the DataModule.
+"""Data: patch datasets, normalisation, augmentation, the DataModule (files: :mod:`emseg.io`).
 
 ``EMDataModule`` is imported lazily so that inference code, which needs only the readers and
 the normalisation, does not pull in Lightning.
@@ -7,15 +7,14 @@ the normalisation, does not pull in Lightning.
 from typing import Any
 
 from emseg.data.dataset import RandomPatchDataset, SliceDataset
-from emseg.data.volume import read_mask, read_pair, read_volume
+from emseg.data.normalization import Preprocessing, to_unit_float
 
 __all__ = [
     "EMDataModule",
+    "Preprocessing",
     "RandomPatchDataset",
     "SliceDataset",
-    "read_mask",
-    "read_pair",
-    "read_volume",
+    "to_unit_float",
 ]
 
 

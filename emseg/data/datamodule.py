@@ -18,8 +18,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
-from emseg.data.volume import read_pair
 from emseg.errors import ConfigError, DataError
+from emseg.io import read_pair
 
 __all__ = ["EMDataModule"]
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from emseg.data.volume import to_unit_float
+from emseg.data.normalization import to_unit_float
 
 __all__ = ["EpochPatchSampler", "RandomPatchDataset", "SliceDataset", "context_slices"]
 

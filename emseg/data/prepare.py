@@ -17,8 +17,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from emseg.data.volume import read_mask, read_volume
 from emseg.errors import DataError, EmsegError
+from emseg.io import read_image, read_mask
 from emseg.resolvers import PROJECT_ROOT
 
 log = logging.getLogger("emseg.data.prepare")
@@ -97,7 +97,7 @@ def download(dest: Path) -> None:
             except OSError as err:
                 tmp.unlink(missing_ok=True)
                 raise DataError(f"could not download {name} from {EPFL_URL} ({err})") from err
-            reader = read_mask if "groundtruth" in name else read_volume
+            reader = read_mask if "groundtruth" in name else read_image
             shape = reader(tmp).shape
             if shape != EXPECTED_SHAPE:
                 tmp.unlink()

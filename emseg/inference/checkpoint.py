@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from emseg.data.volume import to_unit_float
-from emseg.errors import EmsegError, require_file
+from emseg.data.normalization import Preprocessing
+from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
 
 __all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint"]
 
@@ -36,41 +33,6 @@ _NET_PREFIX = "net."
 _ALLOWED_TARGET_PREFIX = "emseg."
 
 
-class CheckpointError(EmsegError):
-    """A checkpoint that is missing, unreadable, or was not written by emseg's ``train.py``."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The input normalisation used in training.
-
-    Attributes:
-        context: neighbouring slices on each side stacked as channels (0 = plain 2D).
-        mean, std: statistics of the [0, 1]-scaled training volume.
-    """
-
-    context: int
-    mean: float
-    std: float
-
-    @property
-    def in_channels(self) -> int:
-        """``2 * context + 1`` network input channels."""
-        return 2 * self.context + 1
-
-    def __call__(self, slices: np.ndarray) -> np.ndarray:
-        """Normalise raw slices: ``(to_unit_float(x) - mean) / std``.
-
-        Args:
-            slices: uint8/uint16/float ``(..., Y, X)``; integers are scaled by their dtype's
-                maximum, floats are taken as already in [0, 1].
-
-        Returns:
-            float32 array of the same shape.
-        """
-        return (to_unit_float(slices) - np.float32(self.mean)) / np.float32(self.std)
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded checkpoint: the network in eval mode, its preprocessing and its run config."""
@@ -79,26 +41,6 @@ class Checkpoint:
     preprocessing: Preprocessing
     config: dict[str, Any]
     path: Path
-
-
-def _read(path: Path) -> dict[str, Any]:
-    require_file(path, CheckpointError, label="ckpt_path")
-    try:
-        # weights_only: a checkpoint is untrusted data; emseg's hold only tensors and plain types.
-        # mmap (zip checkpoints, i.e. all recent ones): only the network's tensors are read,
-        # not the optimizer state (3x their size).
-        mmap = zipfile.is_zipfile(path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # zip, pickle and unpickling-policy errors all mean "unreadable"
-        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-        if isinstance(err, pickle.UnpicklingError):  # torch's message suggests unsafe loading
-            reason = "corrupt, or holds objects other than tensors and plain data"
-        raise CheckpointError(
-            f"ckpt_path: {path} is not a readable PyTorch checkpoint ({reason})"
-        ) from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise CheckpointError(f"ckpt_path: {path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
 
 
 def _check_targets(node: Any, path: Path) -> None:
@@ -172,7 +114,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
     Args:
         path: a Lightning ``.ckpt`` whose ``state_dict`` holds the network under ``net.`` and
-            whose ``emseg_config`` is the resolved training config.
+            whose ``emseg_config`` is the resolved training config, or a training run
+            directory (its best checkpoint, :func:`emseg.io.resolve_checkpoint_path`).
         device: where to put the network.
 
     Returns:
@@ -182,8 +125,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         CheckpointError: the file is missing, empty, unreadable, lacks ``emseg_config``, or
             its weights do not fit the model its config describes.
     """
-    path = Path(path)
-    checkpoint = _read(path)
+    path = resolve_checkpoint_path(path)
+    checkpoint = read_checkpoint(path)
     config = checkpoint.get("emseg_config")
     if not isinstance(config, Mapping):
         raise CheckpointError(

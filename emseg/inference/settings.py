@@ -81,7 +81,8 @@ def apply_checkpoint_settings(
     explicit = _explicit_keys(overrides)
     applied: dict[str, Any] = {}
     for group in SETTING_GROUPS:
-        if group in explicit or not block.get(group):
+        # A config without the group (export.py has no post-processing) takes none of it.
+        if group in explicit or not block.get(group) or cfg.get(group) is None:
             continue
         for key, value in _flatten(block[group], f"{group}.").items():
             if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":

@@ -3,11 +3,9 @@
 The slice is first padded by ``border_pad`` pixels (reflected by default) so that the pixels
 at the image border are not at a window's edge. Then:
 
-* **one window** when the padded slice, its sides rounded up to multiples of 32 (the U-Net's
-  stride), has at most ``max_window_area`` pixels (or ``tile_size`` is ``None``): a single
-  forward pass, no seams, no blending. On the EPFL slices (768 x 1024 -> 832 x 1088 with the
-  default 32-px border) this costs ~1.15x a bare forward of the slice, against ~1.47x for the
-  previous default of overlapping 512-px tiles, at equal validation fg IoU (experiments/bench);
+* **one window** when the padded slice, its sides rounded up to multiples of the network's
+  stride (:func:`model_stride`), has at most ``max_window_area`` pixels (or ``tile_size`` is
+  ``None``): a single forward pass, no seams, no blending;
 * **tiled** otherwise (memory must not grow with the slice): along each axis the fewest
   windows of at most ``tile_size`` pixels that overlap by at least ``overlap x tile_size``,
   all of one size and spread evenly from edge to edge (rather than MONAI's fixed stride, whose
@@ -20,9 +18,11 @@ at the image border are not at a window's edge. Then:
 padded slice is extended (bottom/right) to a multiple of the tile and cut into disjoint tiles.
 
 The Gaussian weight map (:func:`gaussian_weights`) is floored at 1e-8 of its peak only to keep
-every pixel's total weight positive: a floor of 1e-3 (MONAI's) let the edge pixels of other
-windows take ~20-30 % of the blend where two seams cross (error 0.29 vs 0.005 on a 3x3
-convolution, see the tests).
+every pixel's total weight positive: MONAI's floor of 1e-3 lets the edge pixels of other
+windows take a visible share of the blend where two seams cross (see the tests).
+
+Written here rather than taken from MONAI's ``sliding_window_inference`` because of the
+even window spread, the single-window fast path and the weight floor above.
 """
 
 from __future__ import annotations
@@ -30,41 +30,36 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from emseg.errors import ConfigError
-from emseg.inference.tta import TTA_MODES, apply_tta
+from emseg.inference.tta import apply_tta
+from emseg.inference.window import PAD_MODES, WindowSettings
 
 __all__ = [
-    "BLEND_MODES",
-    "PAD_MODES",
-    "BlendMode",
-    "PadMode",
-    "DEFAULT_MAX_WINDOW_AREA",
-    "check_window_args",
     "gaussian_weights",
-    "plan_axis",
+    "model_stride",
     "pad_border",
     "pad_to_multiple",
+    "plan_axis",
     "predict_slice",
 ]
 
-BlendMode = Literal["gaussian", "constant", "naive"]
-BLEND_MODES: tuple[str, ...] = get_args(BlendMode)
-PadMode = Literal["reflect", "replicate", "constant", "circular"]
-PAD_MODES: tuple[str, ...] = get_args(PadMode)
-
-# The U-Net downsamples 5 times: its input sides must be multiples of 32.
-NET_STRIDE = 32
-# One window per slice up to this many pixels (padded, sides rounded up to 32): 1024^2 holds the
-# EPFL slices with their border (832 x 1088) and bounds the activations of one forward pass.
-DEFAULT_MAX_WINDOW_AREA = 1024 * 1024
 # Smallest blend weight relative to the peak: only keeps every pixel's total weight positive.
 WEIGHT_FLOOR = 1e-8
+
+
+def model_stride(net: nn.Module) -> int:
+    """The factor the input height and width of ``net`` must be multiples of.
+
+    smp models give it as ``net.encoder.output_stride`` (32 for a 5-stage encoder); a network
+    without an encoder (a plain convolution in the tests) takes any size.
+    """
+    encoder = getattr(net, "encoder", None)
+    return int(getattr(encoder, "output_stride", 1))
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,7 +81,7 @@ def gaussian_weights(roi: tuple[int, int], sigma_scale: float = 0.125) -> torch.
     return (weights / weights.max()).clamp_min(WEIGHT_FLOOR).float()
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = NET_STRIDE) -> tuple[torch.Tensor, tuple]:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple]:
     """Pad ``(N, C, Y, X)`` at the bottom/right so Y and X are multiples of ``multiple``.
 
     Reflect padding, or replicate when the image is too small to reflect. The training module
@@ -136,62 +131,27 @@ def pad_border(
     return x
 
 
-def check_window_args(
-    tile_size: int | None,
-    overlap: float,
-    mode: str,
-    sigma_scale: float,
-    border_pad: int,
-    padding_mode: str,
-    sw_batch_size: int,
-    tta: str,
-    max_window_area: int = 0,
-) -> None:
-    """Raise :class:`~emseg.errors.ConfigError` naming the ``inference.*`` key that is invalid."""
-    if tile_size is not None and int(tile_size) < 1:
-        raise ConfigError(f"inference.tile_size must be positive (or null), got {tile_size}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ConfigError(f"inference.overlap must be in [0, 1) (a tile fraction), got {overlap}")
-    if mode not in BLEND_MODES:
-        raise ConfigError(f"inference.mode must be one of {', '.join(BLEND_MODES)}; got {mode!r}")
-    if float(sigma_scale) <= 0:
-        raise ConfigError(f"inference.sigma_scale must be positive, got {sigma_scale}")
-    if int(border_pad) < 0:
-        raise ConfigError(f"inference.border_pad must be >= 0, got {border_pad}")
-    if padding_mode not in PAD_MODES:
-        raise ConfigError(
-            f"inference.padding_mode must be one of {', '.join(PAD_MODES)}; got {padding_mode!r}"
-        )
-    if int(sw_batch_size) < 1:
-        raise ConfigError(f"inference.sw_batch_size must be >= 1, got {sw_batch_size}")
-    if tta not in TTA_MODES:
-        raise ConfigError(f"inference.tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
-    if max_window_area is None or int(max_window_area) < 0:
-        raise ConfigError(
-            f"inference.max_window_area must be >= 0 (0 = always tile), got {max_window_area}"
-        )
-
-
-def _round_up(value: float, multiple: int = NET_STRIDE) -> int:
+def _round_up(value: float, multiple: int) -> int:
     return int(math.ceil(value / multiple)) * multiple
 
 
 def plan_axis(
-    side: int, padded_side: int, tile_size: int | None, overlap: float
+    side: int, padded_side: int, tile_size: int | None, overlap: float, stride: int = 1
 ) -> tuple[int, list[int]]:
     """Window length and start offsets along one axis of the padded slice.
 
     One window covers the whole padded side when there is no tile, when the tile is at least
     the (unpadded) image side, or when the padded side fits in the tile. Otherwise: the fewest
     ``n`` windows of at most ``tile_size`` overlapping by at least ``ceil(overlap x tile)``,
-    all of one length (rounded up to a multiple of 32 where that still fits the tile, so the
-    network needs no extra padding), with starts spread evenly from 0 to the far edge.
+    all of one length (rounded up to a multiple of ``stride`` where that still fits the tile,
+    so the network needs no extra padding), with starts spread evenly from 0 to the far edge.
 
     Args:
         side: the slice's side before border padding.
         padded_side: the side after border padding.
         tile_size: maximum window length, or ``None`` for one window.
         overlap: minimum overlap of neighbouring windows as a fraction of ``tile_size``.
+        stride: the network's input multiple (:func:`model_stride`).
 
     Returns:
         ``(window, starts)`` with ``starts[0] == 0`` and ``starts[-1] + window == padded_side``.
@@ -201,7 +161,7 @@ def plan_axis(
     min_overlap = min(int(math.ceil(overlap * tile_size)), tile_size - 1)
     count = int(math.ceil((padded_side - min_overlap) / (tile_size - min_overlap)))
     needed = int(math.ceil((padded_side + (count - 1) * min_overlap) / count))
-    rounded = _round_up(needed)
+    rounded = _round_up(needed, stride)
     window = rounded if rounded <= tile_size else needed
     step = (padded_side - window) / (count - 1)
     return window, [round(i * step) for i in range(count)]
@@ -211,38 +171,23 @@ def plan_axis(
 def predict_slice(
     model: nn.Module,
     image: torch.Tensor,
+    window: WindowSettings | None = None,
     *,
-    tile_size: int | None = 512,
-    overlap: float = 0.25,
-    mode: str = "gaussian",
-    sigma_scale: float = 0.125,
-    border_pad: int = 32,
-    padding_mode: str = "reflect",
-    sw_batch_size: int = 2,
-    tta: str = "none",
-    max_window_area: int = 0,
+    stride: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Foreground probabilities of one normalised slice: one window, or blended windows.
 
     Args:
-        model: maps float ``(N, C, y, x)`` (y, x multiples of 32) to ``(N, 1, y, x)`` logits;
-            already in eval mode and on ``image.device``.
+        model: maps float ``(N, C, y, x)`` (y, x multiples of ``stride``) to ``(N, 1, y, x)``
+            logits; already in eval mode and on ``image.device``.
         image: normalised float ``(C, Y, X)``: the slice and its 2.5D neighbours as channels.
-        tile_size: maximum window side in pixels when the slice is tiled; ``None``, or a tile at
-            least as large as a side of the slice, puts the whole padded side in one window.
-        overlap: minimum overlap of neighbouring windows as a fraction of the tile, in ``[0, 1)``.
-        mode: ``gaussian`` (blend weights ``exp(-d^2 / 2 sigma^2)``), ``constant`` (plain mean
-            over overlapping windows) or ``naive`` (disjoint tiles; ignores ``overlap``).
-        sigma_scale: Gaussian sigma as a fraction of the window side.
-        border_pad: pixels added on every side of the slice before tiling.
-        padding_mode: how those pixels are filled: ``reflect`` | ``replicate`` | ``constant``
-            (zeros, i.e. the training mean) | ``circular``.
-        sw_batch_size: windows per forward pass.
-        tta: ``none`` | ``flips`` | ``d4`` (see :mod:`emseg.inference.tta`), applied per window.
-        max_window_area: a padded slice with at most this many pixels (sides rounded up to 32)
-            is one window whatever ``tile_size`` and ``mode`` say; 0 always tiles.
+        window: placement, blending, border and TTA (:class:`WindowSettings`; its defaults
+            when ``None``). Its ``precision`` and ``device`` are resolved by the caller
+            (:class:`~emseg.inference.VolumePredictor`) into ``autocast_dtype`` and the
+            devices of ``model`` and ``image``.
+        stride: input multiple of the network; ``None`` reads it from ``model``.
         autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` to run the network under
             autocast, ``None`` for float32.
         channels_last: feed the network channels_last tensors (faster with bf16 on CPU/GPU).
@@ -250,47 +195,42 @@ def predict_slice(
     Returns:
         float32 ``(Y, X)`` probabilities in [0, 1] on ``image.device``.
     """
-    check_window_args(
-        tile_size,
-        overlap,
-        mode,
-        sigma_scale,
-        border_pad,
-        padding_mode,
-        sw_batch_size,
-        tta,
-        max_window_area,
-    )
+    window = window or WindowSettings()
+    stride = model_stride(model) if stride is None else int(stride)
     if image.ndim != 3:
         raise ValueError(f"image must be (C, Y, X), got shape {tuple(image.shape)}")
     _, height, width = image.shape
-    pad = int(border_pad)
-    x = pad_border(image[None].float(), (pad, pad, pad, pad), padding_mode)
+    pad = int(window.border_pad)
+    x = pad_border(image[None].float(), (pad, pad, pad, pad), window.padding_mode)
     padded_y, padded_x = x.shape[-2:]
-    device_type = x.device.type
 
     def probabilities(tiles: torch.Tensor) -> torch.Tensor:
-        tiles, (tile_y, tile_x) = pad_to_multiple(tiles)
+        tiles, (tile_y, tile_x) = pad_to_multiple(tiles, stride)
         if channels_last:
             tiles = tiles.contiguous(memory_format=torch.channels_last)
         with torch.autocast(
-            device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            x.device.type,
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
         ):
             logits = model(tiles)
         return torch.sigmoid(logits[:, :1, :tile_y, :tile_x].float())
 
     def windows(tiles: torch.Tensor) -> torch.Tensor:
-        return apply_tta(probabilities, tiles, tta)
+        return apply_tta(probabilities, tiles, window.tta)
 
-    area = _round_up(padded_y) * _round_up(padded_x)
-    if tile_size is None or area <= int(max_window_area):
+    tile = window.tile_size
+    area = _round_up(padded_y, stride) * _round_up(padded_x, stride)
+    if tile is None or area <= int(window.max_window_area):
         blended = windows(x)
-    elif mode == "naive":
-        blended = _disjoint_tiles(x, windows, int(tile_size), height, width, padding_mode)
+    elif window.mode == "naive":
+        blended = _disjoint_tiles(x, windows, int(tile), height, width, window.padding_mode)
     else:
-        plan_y = plan_axis(height, padded_y, int(tile_size), float(overlap))
-        plan_x = plan_axis(width, padded_x, int(tile_size), float(overlap))
-        blended = _blend(x, windows, plan_y, plan_x, mode, float(sigma_scale), int(sw_batch_size))
+        plan_y = plan_axis(height, padded_y, int(tile), float(window.overlap), stride)
+        plan_x = plan_axis(width, padded_x, int(tile), float(window.overlap), stride)
+        blended = _blend(
+            x, windows, plan_y, plan_x, window.mode, window.sigma_scale, window.sw_batch_size
+        )
     return blended[0, 0, pad : pad + height, pad : pad + width].float()
 
 

@@ -1,5 +1,35 @@
-"""Volume and file I/O: every read and write of a file goes through this package.
+"""Volume and file I/O: every read and write of a file in emseg goes through this package.
 
-* :mod:`~emseg.io.atomic`: whole-or-nothing writes (temporary sibling + rename);
+* :mod:`~emseg.io.source`: the lazy :class:`VolumeSource` (shape, dtype, voxel size, read a
+  block) and every input check;
+* :mod:`~emseg.io.sink`: the atomic :class:`VolumeSink` and the output-path checks;
+* :mod:`~emseg.io.tiff`: the TIFF implementations (tifffile);
+* :mod:`~emseg.io.formats`: :func:`open_volume` / :func:`create_sink`, the format registry;
+* :mod:`~emseg.io.arrays`: whole volumes as arrays (:func:`read_image`, :func:`read_mask`);
+* :mod:`~emseg.io.atomic`: whole-or-nothing writes, the one atomic-write helper;
 * :mod:`~emseg.io.checkpoint`: the one checkpoint reader.
 """
+
+from emseg.io.arrays import read_image, read_mask, read_pair
+from emseg.io.atomic import atomic_path, atomic_paths, write_json_atomic
+from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
+from emseg.io.formats import create_sink, open_volume
+from emseg.io.sink import VolumeSink, check_output_path
+from emseg.io.source import VolumeSource
+
+__all__ = [
+    "CheckpointError",
+    "VolumeSink",
+    "VolumeSource",
+    "atomic_path",
+    "atomic_paths",
+    "check_output_path",
+    "create_sink",
+    "open_volume",
+    "read_checkpoint",
+    "read_image",
+    "read_mask",
+    "read_pair",
+    "resolve_checkpoint_path",
+    "write_json_atomic",
+]

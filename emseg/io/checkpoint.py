@@ -56,3 +56,25 @@ def read_checkpoint(
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{label}: {path} is not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def resolve_checkpoint_path(path: str | Path, label: str = "ckpt_path") -> Path:
+    """A checkpoint file, or a training run directory standing for its best checkpoint.
+
+    ``<run>/`` means ``<run>/checkpoints/best-*.ckpt`` (the validation-chosen checkpoint
+    ``train.py`` keeps); there must be exactly one.
+
+    Raises:
+        CheckpointError: a directory without exactly one best checkpoint.
+    """
+    path = Path(str(path))
+    if not path.is_dir():
+        return path
+    best = sorted((path / "checkpoints").glob("best-*.ckpt"))
+    if len(best) != 1:
+        found = ", ".join(p.name for p in best) or "none"
+        raise CheckpointError(
+            f"{label}: {path} is a directory; expected one checkpoints/best-*.ckpt in it "
+            f"(found {found}); give the checkpoint file instead"
+        )
+    return best[0]

@@ -1,0 +1,145 @@
+"""The one inference pipeline: checkpoint + settings -> probability slices of any volume.
+
+``eval.py``, ``predict.py``, ``export.py`` and the benchmarks all build their inference here:
+
+1. :func:`build_pipeline` validates the command line's settings, loads the checkpoint (a file
+   or a training run directory), applies the checkpoint's own evaluation settings beneath the
+   explicit overrides (:mod:`emseg.inference.settings`) and instantiates the settings objects
+   (``conf/inference`` -> :class:`~emseg.inference.WindowSettings`, ``conf/postprocess`` ->
+   :class:`~emseg.postprocess.PostprocessSettings`);
+2. :meth:`InferencePipeline.probabilities` streams a ``(Z, Y, X)`` source through
+   sliding-window inference and the streaming 3D median filter.
+
+What happens to the probabilities afterwards (scoring, writing, thresholding, removing small
+components) is the caller's.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from emseg.errors import ConfigError
+from emseg.hardware import set_torch_threads
+from emseg.inference.checkpoint import Checkpoint, load_checkpoint
+from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
+from emseg.inference.volume_predictor import SliceSource, VolumePredictor
+from emseg.inference.window import WindowSettings
+from emseg.postprocess import PostprocessSettings, median_filter_slices
+
+__all__ = ["InferencePipeline", "build_pipeline", "check_threshold"]
+
+log = logging.getLogger(__name__)
+
+
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in (0, 1), or :class:`ConfigError`."""
+    value = float(threshold)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    return value
+
+
+@dataclass
+class InferencePipeline:
+    """A checkpoint's network with validated inference and post-processing settings.
+
+    Attributes:
+        checkpoint: the loaded checkpoint (network, preprocessing, run config, path).
+        window: the sliding-window settings.
+        postprocess: the post-processing settings.
+        threshold: probability above which a pixel is foreground.
+        applied: the checkpoint's evaluation settings that were applied (``{"key": value}``).
+    """
+
+    checkpoint: Checkpoint
+    window: WindowSettings = field(default_factory=WindowSettings)
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    threshold: float = 0.5
+    applied: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def predictor(self) -> VolumePredictor:
+        """The slice predictor (created on first use: it moves the network to its device)."""
+        return VolumePredictor(self.checkpoint.net, self.checkpoint.preprocessing, self.window)
+
+    def probabilities(self, slices: SliceSource, first: int = 0) -> Iterator[np.ndarray]:
+        """Float32 ``(Y, X)`` foreground probabilities of slices ``first ..`` of ``slices``.
+
+        Slices before ``first`` only give 2.5D context to the first returned one. The 3D
+        median filter (``postprocess.median_size``) is applied to the returned slices on the
+        stream, on torch's intra-op thread count; at most ``2 * context + 1`` input and
+        ``median_size`` output slices are held.
+        """
+        probs = itertools.islice(self.predictor.predict(slices), int(first), None)
+        size = int(self.postprocess.median_size)
+        return median_filter_slices(probs, size, torch.get_num_threads())
+
+    def warn_on_intensities(self, slices: SliceSource, name: str) -> None:
+        """Warn when ``slices`` are scaled unlike the training data (12-bit data in uint16...)."""
+        pre = self.checkpoint.preprocessing
+        middle = pre(np.asarray(slices[len(slices) // 2]))
+        mean = float(middle.mean()) * pre.std + pre.mean  # back to the [0, 1] scale
+        if abs(mean - pre.mean) > 3 * pre.std:
+            log.warning(
+                "%s: mean intensity %.3f after scaling to [0, 1] is far from the training "
+                "data's %.3f +- %.3f: integer images are divided by their dtype maximum (65535 "
+                "for uint16) and float images must already be in [0, 1]; rescale the input.",
+                name,
+                mean,
+                pre.mean,
+                pre.std,
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for logs and metrics.json: effective inference settings and the rest."""
+        return {
+            "checkpoint": str(self.checkpoint.path),
+            "inference": self.predictor.describe(),
+            "postprocess": self.postprocess.as_dict(),
+            "threshold": self.threshold,
+            "checkpoint_settings": dict(self.applied),
+        }
+
+
+def _settings(cfg: DictConfig) -> tuple[WindowSettings, PostprocessSettings]:
+    window = instantiate(cfg.inference) if cfg.get("inference") is not None else WindowSettings()
+    post = cfg.get("postprocess")
+    return window, instantiate(post) if post is not None else PostprocessSettings()
+
+
+def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> InferencePipeline:
+    """The pipeline of an eval / predict / export config (``ckpt_path``, ``inference``, ...).
+
+    The command line's settings are validated before the checkpoint is loaded, so a bad value
+    fails at once; ``cfg`` is updated in place with the checkpoint's evaluation settings.
+
+    Args:
+        cfg: a composed ``conf/{eval,predict,export}.yaml``: ``ckpt_path``, ``inference``,
+            optionally ``postprocess``, ``threshold``, ``torch_threads``,
+            ``checkpoint_settings``.
+        checkpoint: an already loaded checkpoint to use instead of ``cfg.ckpt_path``.
+
+    Raises:
+        ConfigError: an invalid setting (named by its key); CheckpointError: the checkpoint.
+    """
+    set_torch_threads(cfg.get("torch_threads"))
+    threshold = check_threshold(cfg.get("threshold", 0.5))
+    _settings(cfg)  # validate what the command line gave before any slow work
+    checkpoint = checkpoint or load_checkpoint(cfg.ckpt_path)
+    applied = apply_checkpoint_settings(cfg, _mapping(checkpoint.config), command_line_overrides())
+    window, post = _settings(cfg)
+    return InferencePipeline(checkpoint, window, post, threshold, applied)
+
+
+def _mapping(config: Any) -> Mapping[str, Any]:
+    return config if isinstance(config, Mapping) else {}
