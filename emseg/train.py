@@ -167,8 +167,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg: the composed ``conf/train.yaml``.
 
     Returns:
-        Final metrics: last-epoch ``train/*`` and ``val/*`` values, the best validation
-        foreground IoU, and ``test/*`` of the best checkpoint when ``test_after_fit`` is set.
+        Final metrics: last-epoch ``train/*`` and ``val/*`` values, the best value of
+        ``module.monitor`` (``val/best_fg_iou`` by default), ``fit_seconds`` (training time over
+        every process of the run), ``fit_seconds_this_process``, ``global_step``, and
+        ``test/*`` of the best checkpoint when ``test_after_fit`` is set.
     """
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
