@@ -121,10 +121,10 @@ quality-ablations: data ## leave-one-out runs of experiment=fast_short, compared
 		$(ARGS)
 
 quality-report: $(STAMP) ## rebuild experiments/quality from the runs in experiments/quality/rows.yaml
-	$(PY) -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality
+	$(PY) -m scripts.quality_report --rows experiments/quality/rows.yaml --out experiments/quality
 
 report: $(STAMP) ## rebuild the report from existing run directories (no training)
-	$(PY) -m emseg.report.results --runs $(REPORT_RUNS) --out $(REPORT_DIR)
+	$(PY) -m scripts.reproduce_report --runs $(REPORT_RUNS) --out $(REPORT_DIR)
 
 eval: $(STAMP) ## evaluate a checkpoint on the whole test volume: make eval CKPT=<ckpt> [ARGS=data=lucchipp]
 	$(PY) eval.py ckpt_path=$(CKPT) $(ARGS)

@@ -1,4 +1,5 @@
-"""The quality table (issue 6) on fake run directories: rows, curve points, the test count."""
+"""The quality table (issue 6, scripts/quality_report.py) on fake run directories: rows, curve
+points, the test count."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from emseg.report.quality import build_quality_report, main
-from emseg.report.results import ReportError
+from emseg.resolvers import PROJECT_ROOT
+from scripts.quality_report import Targets, build_quality_report, checkpoint_progress, main
+from scripts.runs import ReportError
 from tests.test_report import _fake_eval, _fake_run
 
 
@@ -114,8 +116,38 @@ def test_missing_run_or_snapshot_fails_with_its_name(rows_file, tmp_path):
     snapshot = next((tmp_path / "runs" / "fast" / "eval_snapshots").glob("*/metrics.json"))
     checkpoint = json.loads(snapshot.read_text())["checkpoint"]
     torch.save({"global_step": 1}, checkpoint)
-    with pytest.raises(ReportError, match="FitTimer"):
+    with pytest.raises(ReportError, match="Timer"):
         build_quality_report(rows_file, tmp_path / "q")
     rows[0]["run"] = str(tmp_path / "nowhere")
     rows_file.write_text(yaml.safe_dump(rows))
     assert main(["--rows", str(rows_file), "--out", str(tmp_path / "q2")]) == 2
+
+
+def test_training_seconds_from_lightning_timer_or_fit_timer(tmp_path):
+    """A checkpoint's training time: Lightning's Timer state, else emseg's older FitTimer's."""
+    timer = tmp_path / "timer.ckpt"
+    state = {"Timer": {"time_elapsed": {"train": 1234.5, "validate": 10.0, "test": 0.0}}}
+    torch.save({"global_step": 50, "callbacks": state}, timer)
+    assert checkpoint_progress(timer) == (1234.5, 50)
+    both = tmp_path / "both.ckpt"
+    state = {"FitTimer": {"seconds": 99.0}, "Timer{'duration': None}": state["Timer"]}
+    torch.save({"global_step": 7, "callbacks": state}, both)
+    assert checkpoint_progress(both) == (1234.5, 7)
+    old = tmp_path / "old.ckpt"
+    torch.save({"global_step": 3, "callbacks": {"FitTimer": {"seconds": 99.0}}}, old)
+    assert checkpoint_progress(old) == (99.0, 3)
+
+
+def test_targets_from_the_experiment_data_file(rows_file, tmp_path):
+    """Targets are data beside the experiment (targets.yaml), found beside the rows file."""
+    (rows_file.parent / "targets.yaml").write_text(
+        yaml.safe_dump({"fg_iou": {"fast": 0.85}, "budget_seconds": 7200})
+    )
+    out = tmp_path / "quality"
+    assert main(["--rows", str(rows_file), "--out", str(out)]) == 0
+    assert (out / "fg_iou_vs_time.png").stat().st_size > 1000
+    assert build_quality_report(rows_file, tmp_path / "q", Targets()).is_file()
+    shipped = yaml.safe_load(
+        (PROJECT_ROOT / "experiments" / "quality" / "targets.yaml").read_text()
+    )
+    assert shipped["fg_iou"] == {"fast": 0.85, "best": 0.90}

@@ -1,4 +1,5 @@
-"""The report generator on a tiny synthetic multirun (seconds, no training)."""
+"""The reproduction report (scripts/reproduce_report.py) on a tiny synthetic multirun (seconds, no
+training), compared with the seed report's values in experiments/seed_report/reference.yaml."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import tifffile
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from emseg.report.results import ReportError, build_report, main
+from scripts.reproduce_report import build_report, load_reference, main
+from scripts.runs import ReportError
 from tests.conftest import make_volume
 
 
@@ -108,6 +110,22 @@ def test_report_has_tables_figures_and_commands(multirun, tmp_path):
         assert (out / figure).stat().st_size < 1_000_000
     assert (out / "configs" / "dice.yaml").exists()
     assert json.loads((out / "results.json").read_text())["dice"]["eval"]["fg_iou"] == 0.75
+    assert text.index("| baseline |") < text.index("| dice |")  # the reference's run order
+
+
+def test_reference_values_come_from_the_data_file(multirun, tmp_path):
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(yaml.safe_dump({"accuracy": 90.0, "iou": 60.5, "run_order": ["dice"]}))
+    out = tmp_path / "report"
+    assert main(["--runs", str(multirun), "--out", str(out), "--reference", str(reference)]) == 0
+    text = (out / "results.md").read_text()
+    assert "| accuracy (%) | 98.00 | 90.00 |" in text and "| 81.00 | 60.50" in text
+    assert "– (not run)" in text and "91.34" not in text
+    assert text.index("| dice |") < text.index("| baseline |")
+    assert load_reference().iou == 73.74  # the seed report's published IoU
+    reference.write_text(yaml.safe_dump({"accuracy": 90.0}))
+    with pytest.raises(ReportError, match="iou"):
+        load_reference(reference)
 
 
 def test_missing_metrics_fail_loudly(multirun, tmp_path):

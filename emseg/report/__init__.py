@@ -1,1 +1,5 @@
-"""Reports built from finished runs (curves from TensorBoard event files, tables, figures)."""
+"""Generic figures of finished runs: curves from TensorBoard event files, prediction figures.
+
+The report generators of particular experiments (tables, their published values and targets)
+are not library code: they live in the repository's ``scripts/``.
+"""

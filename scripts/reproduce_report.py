@@ -1,93 +1,60 @@
-"""Build the reproduction report from finished run directories.
+"""Build the reproduction report of the seed report from finished run directories.
 
-``python -m emseg.report.results --runs outputs/reproduce/cpu --out experiments/<name>``
+``python -m scripts.reproduce_report --runs outputs/reproduce/cpu --out experiments/<name>``
+(``make report``; ``make reproduce-report`` trains and evaluates the runs first)
 
 Each run directory (one per ablation, as written by ``make reproduce-report``) must hold the
 training record (``config.yaml``, ``metrics.json``, ``environment.json``, ``tb/``) and the
 whole-volume evaluation ``eval/metrics.json`` (``eval.py``). A run without its metrics is an
 error, never a blank cell. The report gets ``results.md``, ``results.json``, the figures and
-each run's resolved config.
+each run's resolved config. The seed report's published values it is compared with are data,
+in ``--reference`` (default ``experiments/seed_report/reference.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from emseg.io.atomic import atomic_path, write_json_atomic
 from emseg.report.curves import plot_curves
+from emseg.resolvers import PROJECT_ROOT
+from scripts.runs import ReportError, RunRecord, load_run, read_json, read_yaml, report_main
 
-__all__ = ["RunRecord", "load_run", "find_runs", "build_report", "REPORT_VALUES", "report_cli"]
+__all__ = ["Reference", "build_report", "find_runs", "load_reference", "main"]
 
-# Published in the seed report (accuracy in %, "IoU" unlabelled in the report).
-REPORT_VALUES = {"accuracy": 95.13, "iou": 73.74}
-REPORT_ABLATION_ACCURACY = {"baseline": 95.2, "dice": 91.34, "adagrad": 93.46, "l2": 94.24}
-
-
-class ReportError(Exception):
-    """A run directory lacks what the report needs."""
+DEFAULT_REFERENCE = PROJECT_ROOT / "experiments" / "seed_report" / "reference.yaml"
 
 
 @dataclass
-class RunRecord:
-    """What the report needs of one run."""
+class Reference:
+    """The seed report's published numbers (percent) and the order of the ablation rows."""
 
-    name: str
-    path: Path
-    config: dict[str, Any]
-    train: dict[str, Any]
-    evaluation: dict[str, Any]
-    environment: dict[str, Any]
-    overrides: list[str]
-
-    @property
-    def eval_metrics(self) -> dict[str, float]:
-        return self.evaluation["metrics"]
+    accuracy: float
+    iou: float
+    ablation_accuracy: dict[str, float] = field(default_factory=dict)
+    run_order: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReportError(f"{path.parent}: missing {path.name} ({what})")
-    return json.loads(path.read_text())
-
-
-def load_run(path: Path, eval_dir: str | None = "eval") -> RunRecord:
-    """Read one run directory; raise :class:`ReportError` naming anything missing.
-
-    ``eval_dir``: the sub-directory holding the run's whole-volume evaluation (``eval.py``);
-    None for a run that is compared on validation only (its evaluation is then empty).
-    """
-    evaluation: dict[str, Any] = {}
-    if eval_dir is not None:
-        evaluation = _read_json(path / eval_dir / "metrics.json", "whole-volume evaluation")
-        for key in ("accuracy", "fg_iou", "mean_iou", "dice"):
-            if key not in evaluation.get("metrics", {}):
-                raise ReportError(f"{path}/{eval_dir}/metrics.json: no '{key}'")
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        raise ReportError(f"{path}: missing config.yaml (training config)")
-    return RunRecord(
-        name=path.name,
-        path=path,
-        config=yaml.safe_load(config_file.read_text()),
-        train=_read_json(path / "metrics.json", "training record"),
-        evaluation=evaluation,
-        environment=_read_json(path / "environment.json", "command and commit"),
-        overrides=overrides or [],
+def load_reference(path: Path = DEFAULT_REFERENCE) -> Reference:
+    """The reference values of ``path`` (keys: the fields of :class:`Reference`)."""
+    data = read_yaml(path, "the seed report's published values") or {}
+    missing = {"accuracy", "iou"} - set(data)
+    if missing:
+        raise ReportError(f"{path}: lacks {sorted(missing)}")
+    return Reference(
+        accuracy=float(data["accuracy"]),
+        iou=float(data["iou"]),
+        ablation_accuracy={k: float(v) for k, v in (data.get("ablation_accuracy") or {}).items()},
+        run_order=list(data.get("run_order") or []),
     )
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Run directories under ``root``: those holding a ``config.yaml`` or ``.hydra``."""
+def find_runs(root: Path, order: list[str] | None = None) -> list[Path]:
+    """Run directories under ``root`` (those holding a ``config.yaml`` or ``.hydra``), the names
+    in ``order`` first, in that order, then the others by name."""
     runs = [
         p
         for p in sorted(root.iterdir())
@@ -95,7 +62,7 @@ def find_runs(root: Path) -> list[Path]:
     ]
     if not runs:
         raise ReportError(f"{root}: no run directories")
-    order = ["baseline", "dice", "adagrad", "l2", "focal", "sgd"]
+    order = order or []
     return sorted(runs, key=lambda p: (order.index(p.name) if p.name in order else 99, p.name))
 
 
@@ -109,14 +76,14 @@ def _background_accuracy(record: RunRecord) -> float:
     return (counts["tn"] + counts["fp"]) / total
 
 
-def _metrics_table(baseline: RunRecord) -> list[str]:
+def _metrics_table(baseline: RunRecord, reference: Reference) -> list[str]:
     m = baseline.eval_metrics
     return [
         "| metric | ours (whole test volume) | seed report |",
         "|---|---|---|",
-        f"| accuracy (%) | {_pct(m['accuracy'])} | {REPORT_VALUES['accuracy']:.2f} |",
+        f"| accuracy (%) | {_pct(m['accuracy'])} | {reference.accuracy:.2f} |",
         f"| foreground (mitochondria) IoU (%), metric of record | {_pct(m['fg_iou'])} | "
-        f"{REPORT_VALUES['iou']:.2f} (the report does not say which IoU) |",
+        f"{reference.iou:.2f} (the report does not say which IoU) |",
         f"| mean IoU of background and foreground (%) | {_pct(m['mean_iou'])} | – |",
         f"| foreground Dice (%) | {_pct(m['dice'])} | xx.xx (not reported) |",
         f"| precision / recall (%) | {_pct(m['precision'])} / {_pct(m['recall'])} | – |"
@@ -127,7 +94,7 @@ def _metrics_table(baseline: RunRecord) -> list[str]:
     ]
 
 
-def _ablation_table(records: list[RunRecord]) -> list[str]:
+def _ablation_table(records: list[RunRecord], reference: Reference) -> list[str]:
     lines = [
         "| run | loss | optimizer (lr) | L2 last two | epochs x steps | train wall time | "
         "s/step (median, last epoch) | accuracy (%) | fg IoU (%) | mean IoU (%) | Dice (%) | "
@@ -139,7 +106,7 @@ def _ablation_table(records: list[RunRecord]) -> list[str]:
         seconds = r.train["metrics"].get("fit_seconds", float("nan"))
         # The step time shows whether a run's wall time was stretched by other load.
         step = r.train["metrics"].get("perf/step_seconds", float("nan"))
-        report = REPORT_ABLATION_ACCURACY.get(r.name)
+        report = reference.ablation_accuracy.get(r.name)
         lines.append(
             f"| {r.name} | {hp['loss']} | {hp['optim']} ({hp['lr']:g}) | {hp['l2_last_two']:g} | "
             f"{hp['max_epochs']} x {hp['steps_per_epoch']} | {seconds / 60:.1f} min | "
@@ -163,26 +130,47 @@ def _commands(records: list[RunRecord]) -> list[str]:
     return lines
 
 
-def build_report(runs_root: Path, out_dir: Path, data_dir: Path | None = None) -> Path:
-    """Write ``results.md`` (+ figures, ``results.json``, configs) for the runs in ``runs_root``.
+def build_report(runs_root: Path, out_dir: Path, reference: Reference | None = None) -> Path:
+    """Write ``results.md`` (+ figures, ``results.json``, configs) for the runs in ``runs_root``,
+    compared with ``reference`` (default: :data:`DEFAULT_REFERENCE`).
 
     Raises:
         ReportError: a run lacks its training or evaluation metrics, or there are no runs.
     """
-    records = [load_run(p) for p in find_runs(runs_root)]
+    reference = reference or load_reference()
+    records = [load_run(p) for p in find_runs(runs_root, reference.run_order)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(exist_ok=True)
     for r in records:
         shutil.copy(r.path / "config.yaml", out_dir / "configs" / f"{r.name}.yaml")
     baseline = next((r for r in records if r.name == "baseline"), records[0])
-
     plot_curves([r.path for r in records], out_dir / "curves.png", [r.name for r in records])
-    figures = _figures(baseline, out_dir)
-
     lines = [
+        *_summary(runs_root, baseline, records, reference),
+        *_figures(baseline, out_dir),
+        "## Runs",
+        "",
+        *_commands(records),
+        "",
+    ]
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    summary = {
+        r.name: {"eval": r.eval_metrics, "train": r.train["metrics"], "hparams": r.train["hparams"]}
+        for r in records
+    }
+    write_json_atomic(out_dir / "results.json", summary)
+    return out_dir / "results.md"
+
+
+def _summary(
+    runs_root: Path, baseline: RunRecord, records: list[RunRecord], reference: Reference
+) -> list[str]:
+    """The report's text down to the curves: provenance, results, ablations."""
+    return [
         f"# Seed report reproduced: {runs_root.name} budget",
         "",
-        "Generated by `python -m emseg.report.results` from the run directories in "
+        "Generated by `python -m scripts.reproduce_report` from the run directories in "
         f"`{runs_root}`; every number below is read from those runs' `metrics.json` files.",
         "All test metrics are computed over the whole test volume "
         f"({baseline.evaluation.get('slices', '?')} slices of "
@@ -191,11 +179,11 @@ def build_report(runs_root: Path, out_dir: Path, data_dir: Path | None = None) -
         "",
         f"## Results (baseline: {baseline.name})",
         "",
-        *[line for line in _metrics_table(baseline) if line],
+        *[line for line in _metrics_table(baseline, reference) if line],
         "",
         "## Ablations",
         "",
-        *_ablation_table(records),
+        *_ablation_table(records, reference),
         "",
         "## Curves",
         "",
@@ -204,24 +192,12 @@ def build_report(runs_root: Path, out_dir: Path, data_dir: Path | None = None) -
         "Train (dashed) and validation (solid) per epoch, read from each run's TensorBoard "
         "events; validation = the last 16 slices of the training volume.",
         "",
-        *figures,
-        "## Runs",
-        "",
-        *_commands(records),
-        "",
     ]
-    (out_dir / "results.md").write_text("\n".join(lines))
-    summary = {
-        r.name: {"eval": r.eval_metrics, "train": r.train["metrics"], "hparams": r.train["hparams"]}
-        for r in records
-    }
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return out_dir / "results.md"
 
 
 def _figures(baseline: RunRecord, out_dir: Path) -> list[str]:
     """Example and tile-edge figures when the baseline's evaluation saved its predictions."""
-    from emseg.report.figures import plot_edge_errors, plot_examples
+    from emseg.report.figures import plot_edge_errors, plot_examples  # matplotlib: on use
 
     evaluation = baseline.evaluation
     blended = baseline.path / "eval" / "predictions.tif"
@@ -241,7 +217,7 @@ def _figures(baseline: RunRecord, out_dir: Path) -> list[str]:
     ]
     naive_dir = baseline.path / "eval_naive"
     if (naive_dir / "predictions.tif").is_file():
-        naive = json.loads((naive_dir / "metrics.json").read_text())["metrics"]
+        naive = read_json(naive_dir / "metrics.json", "naive-tiling evaluation")["metrics"]
         m = evaluation["metrics"]
         edge = plot_edge_errors(
             image, mask, naive_dir / "predictions.tif", blended, out_dir / "tile_edges.png"
@@ -265,28 +241,18 @@ def _figures(baseline: RunRecord, out_dir: Path) -> list[str]:
     return lines
 
 
-def report_cli(
-    build: Callable[[Path, Path], Path], description: str, source: str, argv: list[str] | None
-) -> int:
-    """A report command line: ``--<source> PATH --out DIR``, one error line and exit code 2 when
-    a run lacks what the report needs."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(f"--{source}", type=Path, required=True, dest="source")
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
-    args = parser.parse_args(argv)
-    try:
-        path = build(args.source, args.out)
-    except (ReportError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry (``--runs`` directory of run directories); returns the exit code."""
-    return report_cli(build_report, "Build the reproduction report.", "runs", argv)
+    """Command line (``--runs`` directory of run directories, ``--out``, ``--reference``);
+    returns the exit code."""
+    parser = argparse.ArgumentParser(description="Build the reproduction report.")
+    parser.add_argument("--runs", type=Path, required=True, help="directory of run directories")
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument(
+        "--reference", type=Path, default=DEFAULT_REFERENCE, help="the seed report's values"
+    )
+    args = parser.parse_args(argv)
+    return report_main(lambda: build_report(args.runs, args.out, load_reference(args.reference)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

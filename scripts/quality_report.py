@@ -1,6 +1,7 @@
 """The quality table of issue 6: one row per experiment, read from finished run directories.
 
-``python -m emseg.report.quality --rows experiments/quality/rows.yaml --out experiments/quality``
+``python -m scripts.quality_report --rows experiments/quality/rows.yaml --out experiments/quality``
+(``make quality-report``; ``--targets`` defaults to ``targets.yaml`` beside the rows file)
 
 ``rows.yaml`` lists the experiments in order. Keys of a row:
 
@@ -12,8 +13,9 @@
   (``extra_masks``) become columns as well;
 * ``curve``: a sub-directory whose ``*/metrics.json`` are evaluations of snapshot checkpoints,
   the points of the test-fg-IoU-against-training-time plot (``true`` = ``eval_snapshots``).
-  The training seconds of a point are read from its checkpoint (``FitTimer`` state), so the
-  time of a resumed run includes every process that trained it;
+  The training seconds of a point are read from its checkpoint (the state of Lightning's
+  ``Timer`` callback, or of emseg's older ``FitTimer``), so the time of a resumed run includes
+  every process that trained it;
 * ``marker: true``: plot the row's own evaluation as one point of that plot (its checkpoint's
   training time); a curve row's line always ends at its own evaluation;
 * ``split: val``: a run compared on the validation hold-out only (the leave-one-out
@@ -27,12 +29,15 @@ Every test-volume evaluation found in the listed run directories is counted (eac
 pass over the test images once, whichever label volumes it scored) and the count is printed
 under the table: settings are chosen on the validation hold-out, and the count shows how often
 the test volume was looked at.
+
+``targets.yaml`` holds the experiment's targets drawn in the plot: ``fg_iou`` (``{name: test
+fg IoU}``) and ``budget_seconds`` (the training-time budget); both optional.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +45,39 @@ from typing import Any
 import torch
 import yaml
 
-from emseg.report.results import ReportError, RunRecord, load_run, report_cli
+from emseg.io.atomic import atomic_path, write_json_atomic
+from scripts.runs import ReportError, RunRecord, load_run, read_json, read_yaml, report_main
 
-__all__ = ["QualityRow", "CurvePoint", "load_rows", "build_quality_report"]
+__all__ = [
+    "CurvePoint",
+    "QualityRow",
+    "Targets",
+    "build_quality_report",
+    "checkpoint_progress",
+    "load_rows",
+    "load_targets",
+    "main",
+]
 
-TARGETS = {"fast": 0.85, "best": 0.90}
-FAST_BUDGET_SECONDS = 2 * 3600
+
+@dataclass
+class Targets:
+    """Lines of the fg-IoU-against-time plot: test fg IoU targets and a time budget."""
+
+    fg_iou: dict[str, float] = field(default_factory=dict)
+    budget_seconds: float | None = None
+
+
+def load_targets(path: Path | None) -> Targets:
+    """The targets of ``path`` (see the module docstring); none when ``path`` is ``None``."""
+    if path is None:
+        return Targets()
+    data = read_yaml(path, "the experiment's targets") or {}
+    budget = data.get("budget_seconds")
+    return Targets(
+        fg_iou={k: float(v) for k, v in (data.get("fg_iou") or {}).items()},
+        budget_seconds=None if budget is None else float(budget),
+    )
 
 
 @dataclass
@@ -71,21 +103,32 @@ class QualityRow:
     val_only: bool = False
 
 
+def _training_seconds(callbacks: dict[str, Any]) -> float | None:
+    """Training seconds in a checkpoint's callback states: Lightning's ``Timer`` (state key
+    ``Timer...``, ``{"time_elapsed": {"train": s, ...}}``) or emseg's older ``FitTimer``."""
+    for key, state in callbacks.items():
+        if str(key).startswith("Timer") and "train" in (state.get("time_elapsed") or {}):
+            return float(state["time_elapsed"]["train"])
+    state = callbacks.get("FitTimer")
+    return None if state is None else float(state["seconds"])
+
+
 def checkpoint_progress(path: Path) -> tuple[float, int]:
-    """(training seconds, global step) stored in a Lightning checkpoint by ``FitTimer``."""
+    """(training seconds, global step) stored in a Lightning checkpoint by its timer callback."""
     if not path.is_file():
         raise ReportError(f"{path}: checkpoint of a curve point is missing")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    state = checkpoint.get("callbacks", {}).get("FitTimer")
-    if state is None:
-        raise ReportError(f"{path}: no FitTimer state (not written by emseg's train.py)")
-    return float(state["seconds"]), int(checkpoint.get("global_step", -1))
+    seconds = _training_seconds(checkpoint.get("callbacks") or {})
+    if seconds is None:
+        raise ReportError(
+            f"{path}: no Timer (or FitTimer) state with the training time "
+            "(not written by emseg's train.py)"
+        )
+    return seconds, int(checkpoint.get("global_step", -1))
 
 
 def _read_eval(path: Path) -> dict[str, Any]:
-    if not (path / "metrics.json").is_file():
-        raise ReportError(f"{path}: missing metrics.json (eval.py)")
-    return json.loads((path / "metrics.json").read_text())
+    return read_json(path / "metrics.json", "eval.py")
 
 
 def _curve(directory: Path) -> list[CurvePoint]:
@@ -247,7 +290,7 @@ def _val_choice_table(row: QualityRow) -> list[str]:
     return [*lines, ""]
 
 
-def _plot(rows: list[QualityRow], out_png: Path) -> None:
+def _plot(rows: list[QualityRow], targets: Targets, out_png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +302,7 @@ def _plot(rows: list[QualityRow], out_png: Path) -> None:
             xs = [p.fit_seconds / 60 for p in row.curve]
             style = "o-" if len(row.curve) > 1 else "*"
             ax.plot(xs, [p.fg_iou for p in row.curve], style, ms=7, label=row.name)
-    for name, target in TARGETS.items():
+    for name, target in targets.fg_iou.items():
         ax.axhline(target, ls="--", lw=0.8, color="grey")
         ax.text(
             0.01,
@@ -269,7 +312,8 @@ def _plot(rows: list[QualityRow], out_png: Path) -> None:
             color="grey",
             transform=ax.get_yaxis_transform(),  # x in axes fraction: inside whatever the range
         )
-    ax.axvline(FAST_BUDGET_SECONDS / 60, ls=":", lw=0.8, color="grey")
+    if targets.budget_seconds is not None:
+        ax.axvline(targets.budget_seconds / 60, ls=":", lw=0.8, color="grey")
     ax.set_xlabel("training wall time (min, validation included)")
     ax.set_ylabel("test fg IoU (whole volume, threshold 0.5)")
     ax.grid(alpha=0.3)
@@ -279,13 +323,9 @@ def _plot(rows: list[QualityRow], out_png: Path) -> None:
     plt.close(fig)
 
 
-def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
-    """Write ``results.md``, ``results.json`` and ``fg_iou_vs_time.png`` into ``out_dir``."""
-    all_rows = load_rows(spec_path)
-    rows = [row for row in all_rows if not row.val_only]
-    if not rows:
-        raise ReportError(f"{spec_path}: no row with a test evaluation")
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _table(rows: list[QualityRow], spec_path: Path, setup: str) -> list[str]:
+    """The heading, provenance, ``setup`` (hardware, precision) and the table of the
+    test-evaluated rows."""
     extra_labels = sorted({label for row in rows for label in row.extra})
     header = [
         "experiment",
@@ -302,45 +342,42 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
         "test acc (%)",
         *[f"test fg IoU, {label}" for label in extra_labels],
     ]
-    hardware = {str(row.record.environment.get("hardware", "?")) for row in all_rows}
-    precision = {str(row.record.train["hparams"].get("precision")) for row in all_rows}
-    test_count = count_test_evaluations([row.record.path for row in all_rows])
-    lines = [
+    return [
         "# Quality experiments (issue 6)",
         "",
-        f"Generated by `python -m emseg.report.quality --rows {spec_path}` from the run "
+        f"Generated by `python -m scripts.quality_report --rows {spec_path}` from the run "
         "directories it lists. Test numbers: `eval.py` on the best-validation checkpoint, the "
         "whole EPFL test volume (165 slices), pooled confusion counts, threshold 0.5. "
         "fg IoU = foreground (mitochondria) IoU; mean IoU = mean of background and foreground "
         "IoU. Settings are chosen on the validation hold-out (last 16 training slices).",
         "",
-        f"Hardware: {'; '.join(sorted(hardware))}. Precision: {', '.join(sorted(precision))}.",
+        setup,
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *[_row_line(row, extra_labels) for row in rows],
         "",
-        f"Test-volume evaluations counted in these run directories: {test_count}.",
-        "",
-        *_ablation_table([row for row in all_rows if row.val_only]),
     ]
-    seen_choices: set[Path] = set()
+
+
+def _curve_section(rows: list[QualityRow], targets: Targets, out_dir: Path) -> list[str]:
+    """The fg-IoU-against-time plot and its points (nothing when no row has a curve)."""
+    if not any(row.curve for row in rows):
+        return []
+    _plot(rows, targets, out_dir / "fg_iou_vs_time.png")
+    lines = ["## Test fg IoU against training wall time", "", "![](fg_iou_vs_time.png)", ""]
     for row in rows:
-        if row.val_choices and row.record.path not in seen_choices:
-            seen_choices.add(row.record.path)
-            lines += _val_choice_table(row)
-    if any(row.curve for row in rows):
-        _plot(rows, out_dir / "fg_iou_vs_time.png")
-        lines += ["## Test fg IoU against training wall time", "", "![](fg_iou_vs_time.png)", ""]
-        for row in rows:
-            for p in row.curve:
-                lines.append(
-                    f"- {row.name}: step {p.step}, {p.fit_seconds / 60:.1f} min, "
-                    f"test fg IoU {p.fg_iou:.4f} (`{Path(p.checkpoint).name}`)"
-                )
-        lines.append("")
-    (out_dir / "results.md").write_text("\n".join(lines))
-    summary = {
+        for p in row.curve:
+            lines.append(
+                f"- {row.name}: step {p.step}, {p.fit_seconds / 60:.1f} min, "
+                f"test fg IoU {p.fg_iou:.4f} (`{Path(p.checkpoint).name}`)"
+            )
+    return [*lines, ""]
+
+
+def _summary(all_rows: list[QualityRow], test_count: int) -> dict[str, Any]:
+    """results.json: every row's numbers and settings, and the test-evaluation count."""
+    summary: dict[str, Any] = {
         row.name: {
             "change": row.change,
             "overrides": row.record.overrides,
@@ -356,14 +393,55 @@ def build_quality_report(spec_path: Path, out_dir: Path) -> Path:
         for row in all_rows
     }
     summary["test_evaluations"] = test_count
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def build_quality_report(spec_path: Path, out_dir: Path, targets: Targets | None = None) -> Path:
+    """Write ``results.md``, ``results.json`` and ``fg_iou_vs_time.png`` into ``out_dir``;
+    ``targets`` are drawn in the plot (none by default)."""
+    all_rows = load_rows(spec_path)
+    rows = [row for row in all_rows if not row.val_only]
+    if not rows:
+        raise ReportError(f"{spec_path}: no row with a test evaluation")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hardware = {str(row.record.environment.get("hardware", "?")) for row in all_rows}
+    precision = {str(row.record.train["hparams"].get("precision")) for row in all_rows}
+    test_count = count_test_evaluations([row.record.path for row in all_rows])
+    setup = f"Hardware: {'; '.join(sorted(hardware))}. Precision: {', '.join(sorted(precision))}."
+    lines = [
+        *_table(rows, spec_path, setup),
+        f"Test-volume evaluations counted in these run directories: {test_count}.",
+        "",
+        *_ablation_table([row for row in all_rows if row.val_only]),
+    ]
+    seen_choices: set[Path] = set()
+    for row in rows:
+        if row.val_choices and row.record.path not in seen_choices:
+            seen_choices.add(row.record.path)
+            lines += _val_choice_table(row)
+    lines += _curve_section(rows, targets or Targets(), out_dir)
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    write_json_atomic(out_dir / "results.json", _summary(all_rows, test_count))
     return out_dir / "results.md"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry (``--rows rows.yaml``); returns the exit code."""
-    return report_cli(build_quality_report, "Build the quality table of issue 6.", "rows", argv)
+    """Command line (``--rows rows.yaml``, ``--out``, ``--targets``); returns the exit code."""
+    parser = argparse.ArgumentParser(description="Build the quality table of issue 6.")
+    parser.add_argument("--rows", type=Path, required=True, help="rows.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument(
+        "--targets", type=Path, default=None, help="default: targets.yaml beside --rows, if any"
+    )
+    args = parser.parse_args(argv)
+    targets_path = args.targets
+    if targets_path is None and (args.rows.parent / "targets.yaml").is_file():
+        targets_path = args.rows.parent / "targets.yaml"
+    return report_main(
+        lambda: build_quality_report(args.rows, args.out, load_targets(targets_path))
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
