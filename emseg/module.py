@@ -11,7 +11,7 @@ from torch import nn
 from typing_extensions import override
 
 from emseg.errors import EmsegError
-from emseg.inference.sliding_window import pad_to_multiple
+from emseg.inference.sliding_window import model_stride, pad_to_multiple
 from emseg.metrics import segmentation_metrics
 from emseg.optim import param_groups
 
@@ -71,7 +71,7 @@ class SegmentationModule(L.LightningModule):
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 1, Y, X)`` for images ``(N, C, Y, X)`` of any size (padded internally)."""
-        padded, (height, width) = pad_to_multiple(x)
+        padded, (height, width) = pad_to_multiple(x, model_stride(self.net))
         if self.hparams.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last)
         return self.net(padded)[..., :height, :width]
