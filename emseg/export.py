@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from emseg.errors import ConfigError, EmsegError
-from emseg.inference import Checkpoint, build_pipeline, model_stride
+from emseg.inference import Checkpoint, Preprocessing, build_pipeline, model_stride
 from emseg.io import atomic_paths, check_output_path
 
 __all__ = [
@@ -160,6 +160,46 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _input_card(pre: Preprocessing, multiple: int) -> dict[str, Any]:
+    """What the network takes: layout, 2.5D channels and the input-size rule."""
+    order = (
+        f"slices z-{pre.context} .. z+{pre.context} of a (Z, Y, X) volume for slice z, "
+        "clamped at the volume ends"
+        if pre.context
+        else "the slice alone (2D)"
+    )
+    return {
+        "name": INPUT_NAME,
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channels": pre.in_channels,
+        "context": pre.context,
+        "channel_order": order,
+        "height_width_multiple_of": multiple,
+        "dynamic_axes": ["batch", "height", "width"],
+        "note": (
+            f"pad H and W up to multiples of {multiple} (e.g. reflect) and crop the output back"
+        ),
+    }
+
+
+def _tiling_card(inference: dict[str, Any]) -> dict[str, Any]:
+    """The sliding-window settings the pipeline uses for this model."""
+    return {
+        "tile_size": inference.get("tile_size"),
+        "overlap": inference.get("overlap"),
+        "blending": inference.get("mode"),
+        "sigma_scale": inference.get("sigma_scale"),
+        "border_pad": inference.get("border_pad"),
+        "padding_mode": inference.get("padding_mode"),
+        "note": (
+            "tiles of tile_size (null = whole slices) overlapping by overlap x tile_size, "
+            "blended with Gaussian weights of sigma = sigma_scale x tile_size, after "
+            "padding every slice by border_pad pixels (padding_mode)"
+        ),
+    }
+
+
 def model_card(
     checkpoint: Checkpoint,
     fmt: str,
@@ -175,34 +215,16 @@ def model_card(
         fmt: ``torchscript`` or ``onnx``.
         model_file: file name of the exported model (beside the JSON).
         sha256: its SHA-256 hex digest.
-        inference: ``conf/inference`` values (``tile_size``, ``overlap``, ...).
+        inference: the pipeline's window settings (``tile_size``, ``overlap``, ...).
         opset: ONNX opset (recorded for ``onnx`` only).
     """
     pre = checkpoint.preprocessing
-    multiple = model_stride(checkpoint.net)
     model_cfg = checkpoint.config.get("model", {})
     card: dict[str, Any] = {
         "format": fmt,
         "model_file": model_file,
         "sha256": sha256,
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "dtype": "float32",
-            "channels": pre.in_channels,
-            "context": pre.context,
-            "channel_order": (
-                f"slices z-{pre.context} .. z+{pre.context} of a (Z, Y, X) volume for slice z, "
-                "clamped at the volume ends"
-                if pre.context
-                else "the slice alone (2D)"
-            ),
-            "height_width_multiple_of": multiple,
-            "dynamic_axes": ["batch", "height", "width"],
-            "note": (
-                f"pad H and W up to multiples of {multiple} (e.g. reflect) and crop the output back"
-            ),
-        },
+        "input": _input_card(pre, model_stride(checkpoint.net)),
         "preprocessing": {
             "formula": "(x / dtype_max - mean) / std",
             "scaling": (
@@ -219,19 +241,7 @@ def model_card(
             "activation": "sigmoid",
             "threshold": 0.5,
         },
-        "tiling": {
-            "tile_size": inference.get("tile_size"),
-            "overlap": inference.get("overlap"),
-            "blending": inference.get("mode"),
-            "sigma_scale": inference.get("sigma_scale"),
-            "border_pad": inference.get("border_pad"),
-            "padding_mode": inference.get("padding_mode"),
-            "note": (
-                "tiles of tile_size (null = whole slices) overlapping by overlap x tile_size, "
-                "blended with Gaussian weights of sigma = sigma_scale x tile_size, after "
-                "padding every slice by border_pad pixels (padding_mode)"
-            ),
-        },
+        "tiling": _tiling_card(inference),
         "model": {
             "factory": str(model_cfg.get("_target_", "")),
             "encoder_name": model_cfg.get("encoder_name"),

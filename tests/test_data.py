@@ -16,13 +16,15 @@ from torchvision import tv_tensors
 from emseg.data import prepare
 from emseg.data.datamodule import EMDataModule
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
+from emseg.data.normalization import to_unit_float
 from emseg.data.transforms import RandomBrightnessContrast, RandomRot90, train_transforms
-from emseg.data.volume import read_mask, read_pair, read_volume, to_unit_float
 from emseg.errors import ConfigError, DataError
+from emseg.io import read_image as read_volume
+from emseg.io import read_mask, read_pair
 from tests.conftest import make_volume
 
 # ---------------------------------------------------------------------------------------------
-# read_volume / read_mask / read_pair
+# read_image / read_mask / read_pair (emseg.io)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -16,26 +16,28 @@ from scipy import ndimage
 from torch import nn
 
 from emseg.errors import ConfigError, DataError
-from emseg.evaluate import METRIC_KEYS, VolumeScores, edge_band_mask, evaluate_volume
 from emseg.hardware import auto_precision
 from emseg.inference import (
     Preprocessing,
-    TiffSlices,
     VolumePredictor,
+    WindowSettings,
     apply_tta,
+    model_stride,
     predict_slice,
     resolve_device,
     resolve_precision,
     tta_transforms,
 )
 from emseg.inference.sliding_window import gaussian_weights, pad_border, plan_axis
+from emseg.io import open_volume
 from emseg.metrics import ThresholdSweep, binary_scores
 from emseg.postprocess import (
-    check_postprocess_args,
+    PostprocessSettings,
     median_filter_slices,
     median_filter_volume,
     remove_small_components,
 )
+from emseg.volume_scores import METRIC_KEYS, VolumeScores, edge_band_mask, evaluate_volume
 
 
 def conv3x3(weight: torch.Tensor) -> nn.Conv2d:
@@ -55,6 +57,12 @@ class CountingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.shapes.append(tuple(x.shape))
         return x[:, :1]
+
+
+def slice_probs(model: nn.Module, image: torch.Tensor, **settings) -> torch.Tensor:
+    """``predict_slice`` with a U-Net's stride (32) and, unless given, always tiling."""
+    window = WindowSettings(**{"max_window_area": 0, **settings})
+    return predict_slice(model, image, window, stride=32)
 
 
 @pytest.fixture
@@ -89,8 +97,8 @@ def test_unknown_tta_mode_is_a_config_error():
 def test_tta_of_an_equivariant_model_equals_no_tta(image, tta):
     model = conv3x3(torch.tensor([[1.0, 2, 1], [2, -12, 2], [1, 2, 1]]))  # D4-symmetric kernel
     kwargs = {"tile_size": 64, "overlap": 0.25, "border_pad": 8}
-    plain = predict_slice(model, image, **kwargs)
-    augmented = predict_slice(model, image, tta=tta, **kwargs)
+    plain = slice_probs(model, image, **kwargs)
+    augmented = slice_probs(model, image, tta=tta, **kwargs)
     torch.testing.assert_close(augmented, plain, atol=1e-6, rtol=0)
 
 
@@ -110,7 +118,7 @@ def test_tta_changes_a_non_equivariant_model(image):
     ("tile", "pad", "padding_mode"), [(64, 16, "reflect"), (48, 0, "constant")]
 )
 def test_identity_model_is_reproduced_exactly(image, mode, tile, pad, padding_mode):
-    out = predict_slice(
+    out = slice_probs(
         nn.Identity(),
         image,
         tile_size=tile,
@@ -129,7 +137,7 @@ def test_blended_windows_match_a_whole_image_forward_away_from_the_border(image)
     inner = (slice(4, -4), slice(4, -4))
     errors = {}
     for mode in ("gaussian", "naive"):
-        out = predict_slice(model, image, tile_size=64, overlap=0.25, mode=mode, border_pad=0)
+        out = slice_probs(model, image, tile_size=64, overlap=0.25, mode=mode, border_pad=0)
         errors[mode] = float((out - whole)[inner].abs().max())
     assert errors["gaussian"] < 0.01, errors
     # Disjoint tiles keep the tile-edge errors: blending is what removes them.
@@ -138,14 +146,14 @@ def test_blended_windows_match_a_whole_image_forward_away_from_the_border(image)
 
 def test_a_tile_covering_the_slice_is_a_single_forward():
     model = CountingModel()
-    out = predict_slice(model, torch.zeros(1, 96, 130), tile_size=512, border_pad=16)
+    out = slice_probs(model, torch.zeros(1, 96, 130), tile_size=512, border_pad=16)
     assert out.shape == (96, 130)
     assert model.shapes == [(1, 1, 128, 192)]  # (96 + 32, 130 + 32) padded to multiples of 32
 
 
 def test_naive_mode_cuts_disjoint_tiles():
     model = CountingModel()
-    predict_slice(model, torch.zeros(1, 100, 130), tile_size=64, mode="naive", border_pad=0)
+    slice_probs(model, torch.zeros(1, 100, 130), tile_size=64, mode="naive", border_pad=0)
     # 100 x 130 is extended to 128 x 192: 2 x 3 disjoint tiles.
     assert sum(shape[0] for shape in model.shapes) == 6
 
@@ -153,7 +161,7 @@ def test_naive_mode_cuts_disjoint_tiles():
 @pytest.mark.parametrize("side", [1100, 1300, 2112, 4160])
 @pytest.mark.parametrize(("tile", "overlap"), [(512, 0.25), (1024, 0.125), (500, 0.5)])
 def test_tiling_plan_covers_the_side_with_even_windows_of_at_most_the_tile(side, tile, overlap):
-    window, starts = plan_axis(side - 64, side, tile, overlap)
+    window, starts = plan_axis(side - 64, side, tile, overlap, stride=32)
     assert window <= tile and starts[0] == 0 and starts[-1] + window == side
     steps = np.diff(starts)
     assert len(starts) >= 2 and steps.max() - steps.min() <= 1  # evenly spread
@@ -174,7 +182,7 @@ def test_tiling_plan_is_one_window_when_the_tile_covers_the_side():
 def test_a_slice_within_max_window_area_is_one_window_of_the_padded_slice():
     model = CountingModel()
     # 150 x 200 + 2 x 32 border = 214 x 264 -> 224 x 288 (multiples of 32) = 64,512 pixels.
-    out = predict_slice(
+    out = slice_probs(
         model, torch.zeros(1, 150, 200), tile_size=64, border_pad=32, max_window_area=224 * 288
     )
     assert out.shape == (150, 200)
@@ -187,26 +195,26 @@ def test_a_slice_beyond_max_window_area_is_tiled_and_blended(image):
     counting = CountingModel()
     kwargs = {"tile_size": 64, "overlap": 0.25, "border_pad": 8}
     area = 192 * 192  # (150 + 16) x (173 + 16) -> 192 x 192 after rounding up to 32
-    one = predict_slice(counting, image, max_window_area=area, **kwargs)
+    one = slice_probs(counting, image, max_window_area=area, **kwargs)
     assert counting.shapes == [(1, 1, 192, 192)] and one.shape == image.shape[1:]
     counting.shapes.clear()
-    predict_slice(counting, image, max_window_area=area - 1, sw_batch_size=1, **kwargs)
+    slice_probs(counting, image, max_window_area=area - 1, sw_batch_size=1, **kwargs)
     # 166 x 189 padded: 4 x 4 windows of 64 x 64 (tile multiple of 32), each a separate forward.
     assert counting.shapes == [(1, 1, 64, 64)] * 16
     whole = torch.sigmoid(model(image[None]))[0, 0]
-    tiled = predict_slice(model, image, max_window_area=area - 1, **kwargs)
+    tiled = slice_probs(model, image, max_window_area=area - 1, **kwargs)
     inner = (slice(4, -4), slice(4, -4))
     assert float((tiled - whole)[inner].abs().max()) < 0.01  # blended: no visible seams
 
 
 def test_naive_mode_ignores_blending_but_honours_max_window_area():
     model = CountingModel()
-    predict_slice(
+    slice_probs(
         model, torch.zeros(1, 100, 130), tile_size=64, mode="naive", border_pad=0, max_window_area=0
     )
     assert len(model.shapes) == 6
     model.shapes.clear()
-    predict_slice(
+    slice_probs(
         model,
         torch.zeros(1, 100, 130),
         tile_size=64,
@@ -221,6 +229,7 @@ def test_inference_configs_compose_to_the_documented_settings():
     """default: one window up to 1024^2 with a 32-px border; tiled/naive: always tile."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
 
     from tests.conftest import CONFIG_DIR
 
@@ -235,9 +244,10 @@ def test_inference_configs_compose_to_the_documented_settings():
     assert settings["default"].border_pad == 32 and settings["default"].tile_size == 512
     assert settings["tiled"].max_window_area == 0 and settings["tiled"].border_pad == 64
     assert settings["naive"].max_window_area == 0 and settings["naive"].mode == "naive"
-    predictor = VolumePredictor(
-        nn.Identity(), Preprocessing(0, 0.0, 1.0), precision="32-true", device="cpu"
-    )
+    # The settings object's defaults are the one place the defaults live: the YAML agrees.
+    assert instantiate(settings["default"]) == WindowSettings()
+    window = WindowSettings(precision="32-true", device="cpu")
+    predictor = VolumePredictor(nn.Identity(), Preprocessing(0, 0.0, 1.0), window)
     assert predictor.describe()["max_window_area"] == settings["default"].max_window_area
     assert predictor.describe()["border_pad"] == settings["default"].border_pad
 
@@ -272,7 +282,30 @@ def test_reflect_padding_wider_than_the_image_matches_numpy():
 )
 def test_invalid_window_settings_name_their_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        predict_slice(nn.Identity(), torch.zeros(1, 8, 8), **kwargs)
+        WindowSettings(**kwargs)
+
+
+class Strided(nn.Module):
+    """Identity with an smp-like ``encoder.output_stride``, recording its input shapes."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.output_stride = stride
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return x[:, :1]
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_windows_are_padded_to_the_model_stride(stride):
+    model = Strided(stride)
+    assert model_stride(model) == stride and model_stride(nn.Identity()) == 1
+    out = predict_slice(model, torch.zeros(1, 50, 70), WindowSettings(border_pad=3))
+    side = lambda n: -(-(n + 6) // stride) * stride  # noqa: E731
+    assert out.shape == (50, 70) and model.shapes == [(1, 1, side(50), side(70))]
 
 
 def test_precision_and_device_resolution():
@@ -313,7 +346,7 @@ class Source:
 
 
 def _predictor(model: nn.Module, pre: Preprocessing, **kwargs) -> VolumePredictor:
-    return VolumePredictor(model, pre, precision="32-true", device="cpu", **kwargs)
+    return VolumePredictor(model, pre, WindowSettings(precision="32-true", device="cpu", **kwargs))
 
 
 def test_2p5d_context_stacks_clamped_neighbours_and_reads_each_slice_once():
@@ -349,13 +382,13 @@ def test_slices_are_normalised_like_training(dtype):
         ((4, 12, 10), {}, False),
     ],
 )
-def test_tiff_slices_reads_page_by_page(tmp_path, shape, kwargs, paged):
+def test_tiff_source_reads_page_by_page(tmp_path, shape, kwargs, paged):
     data = np.random.default_rng(0).integers(0, 65535, shape, dtype=np.uint16)
     path = tmp_path / "v.tif"
     tifffile.imwrite(path, data, **kwargs)
-    with TiffSlices(path) as slices:
+    with open_volume(path) as slices:
         assert slices.ndim == len(shape) and len(slices) == (shape[0] if len(shape) == 3 else 1)
-        assert (slices._array is None) == paged  # pages, not the whole file
+        assert (slices._pages is not None) == paged  # pages, not the whole file
         read = np.stack([slices[z] for z in range(len(slices))])
     np.testing.assert_array_equal(read, data.reshape(-1, 12, 10))
 
@@ -368,22 +401,22 @@ def test_tiff_slices_reads_page_by_page(tmp_path, shape, kwargs, paged):
         (np.zeros((2, 8, 9), np.int16), "unsupported image dtype"),
     ],
 )
-def test_tiff_slices_rejects_unusable_images(tmp_path, data, message):
+def test_tiff_source_rejects_unusable_images(tmp_path, data, message):
     path = tmp_path / "bad.tif"
     tifffile.imwrite(path, data)
     with pytest.raises(DataError, match=message):
-        TiffSlices(path)
+        open_volume(path)
 
 
-def test_tiff_slices_rejects_missing_empty_and_non_tiff_files(tmp_path):
+def test_tiff_source_rejects_missing_empty_and_non_tiff_files(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        TiffSlices(tmp_path / "missing.tif")
+        open_volume(tmp_path / "missing.tif")
     (tmp_path / "empty.tif").write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
-        TiffSlices(tmp_path / "empty.tif")
+        open_volume(tmp_path / "empty.tif")
     (tmp_path / "text.tif").write_text("not an image")
     with pytest.raises(DataError, match="not a readable TIFF"):
-        TiffSlices(tmp_path / "text.tif")
+        open_volume(tmp_path / "text.tif")
 
 
 # --- post-processing ----------------------------------------------------------------------------
@@ -438,7 +471,7 @@ def test_component_removal_hand_case():
 )
 def test_invalid_postprocess_settings(args, key):
     with pytest.raises(ConfigError, match=f"postprocess.{key}"):
-        check_postprocess_args(*args)
+        PostprocessSettings(*args)
 
 
 # --- metrics ------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from omegaconf import OmegaConf
 from torchmetrics.classification import BinaryJaccardIndex
 
 from emseg.data.datamodule import EMDataModule
-from emseg.data.volume import read_pair
 from emseg.errors import ConfigError
 from emseg.inference import load_checkpoint
+from emseg.io import read_pair
 from emseg.resolvers import PROJECT_ROOT
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES
 

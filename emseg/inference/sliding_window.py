@@ -204,21 +204,14 @@ def predict_slice(
     x = pad_border(image[None].float(), (pad, pad, pad, pad), window.padding_mode)
     padded_y, padded_x = x.shape[-2:]
 
-    def probabilities(tiles: torch.Tensor) -> torch.Tensor:
-        tiles, (tile_y, tile_x) = pad_to_multiple(tiles, stride)
-        if channels_last:
-            tiles = tiles.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            x.device.type,
-            dtype=autocast_dtype or torch.float32,
-            enabled=autocast_dtype is not None,
-        ):
-            logits = model(tiles)
-        return torch.sigmoid(logits[:, :1, :tile_y, :tile_x].float())
-
-    def windows(tiles: torch.Tensor) -> torch.Tensor:
-        return apply_tta(probabilities, tiles, window.tta)
-
+    windows = functools.partial(
+        _window_probabilities,
+        model,
+        stride=stride,
+        tta=window.tta,
+        autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+    )
     tile = window.tile_size
     area = _round_up(padded_y, stride) * _round_up(padded_x, stride)
     if tile is None or area <= int(window.max_window_area):
@@ -235,6 +228,32 @@ def predict_slice(
 
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _window_probabilities(
+    model: nn.Module,
+    tiles: torch.Tensor,
+    *,
+    stride: int,
+    tta: str,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Probabilities ``(N, 1, y, x)`` of windows ``(N, C, y, x)``, averaged over ``tta``."""
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        x, (height, width) = pad_to_multiple(x, stride)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            x.device.type,
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+        ):
+            logits = model(x)
+        return torch.sigmoid(logits[:, :1, :height, :width].float())
+
+    return apply_tta(probabilities, tiles, tta)
 
 
 def _blend(

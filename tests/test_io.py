@@ -1,0 +1,189 @@
+"""The volume I/O seam: lazy sources (block reads, validation), atomic sinks, format registry."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from emseg.errors import ConfigError, DataError
+from emseg.io import (
+    CheckpointError,
+    atomic_paths,
+    check_output_path,
+    create_sink,
+    open_volume,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    write_json_atomic,
+)
+from tests.conftest import run_script
+
+
+@pytest.fixture
+def volume(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, (6, 40, 50), dtype=np.uint8)
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, data)
+    return path, data
+
+
+def test_source_reads_blocks_and_slices_like_numpy(volume):
+    path, data = volume
+    with open_volume(path) as source:
+        assert source.shape == (6, 40, 50) and source.dtype == np.uint8 and source.ndim == 3
+        np.testing.assert_array_equal(source.read(), data)
+        np.testing.assert_array_equal(
+            source.read(slice(2, 5), slice(3, 9), slice(10, 20)), data[2:5, 3:9, 10:20]
+        )
+        np.testing.assert_array_equal(source.read(1, slice(None), 7), data[1, :, 7])
+        np.testing.assert_array_equal(source[-1], data[-1])
+        view = source.z_range(2, 10)  # clipped to the volume
+        assert len(view) == 4 and view.shape == (4, 40, 50)
+        np.testing.assert_array_equal(view[0], data[2])
+        np.testing.assert_array_equal(view.read(), data[2:])
+        with pytest.raises(IndexError):
+            source.read(6)
+        with pytest.raises(IndexError):
+            view[4]
+
+
+def test_voxel_size_is_read_from_imagej_metadata(tmp_path):
+    path = tmp_path / "scaled.tif"
+    data = np.zeros((3, 8, 8), np.uint8)
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.005, 1 / 0.005),
+        metadata={"spacing": 0.05, "unit": "um"},
+    )
+    with open_volume(path) as source:
+        assert source.voxel_size == pytest.approx((50.0, 5.0, 5.0))  # nm, (z, y, x)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    with open_volume(tmp_path / "plain.tif") as source:
+        assert source.voxel_size is None
+
+
+def test_truncated_uncompressed_tiff_is_refused_at_open(tmp_path):
+    """The first 5,000 bytes of a 3 x 96 x 128 uint8 stack: one clear DataError, no traceback."""
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.zeros((3, 96, 128), np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"cut.tif: truncated TIFF"):
+        open_volume(cut)
+
+
+def test_predict_on_a_truncated_tiff_prints_one_line(tmp_path, capsys, tiny_checkpoint):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.zeros((3, 96, 128), np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:5000])
+    args = [f"ckpt_path={tiny_checkpoint}", f"input={cut}", f"output={tmp_path / 'o.tif'}"]
+    code, err = run_script("predict.py", args, tmp_path, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: {cut}: truncated TIFF: image data extends to "
+        f"byte {err.split('byte ')[1].split()[0]} but the file "
+        "has 5000 bytes"
+    ]
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_unsupported_formats_name_the_supported_ones(tmp_path):
+    (tmp_path / "v.png").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"unsupported input format '.png'; supported: .tif"):
+        open_volume(tmp_path / "v.png")
+    with pytest.raises(DataError, match=r"unsupported output format '.n5'"):
+        create_sink(tmp_path / "out.n5", (1, 4, 4), np.uint8)
+
+
+def test_a_mask_must_be_uint8_or_bool(tmp_path):
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((2, 5, 6), np.uint16))
+    with pytest.raises(DataError, match="unsupported mask dtype uint16"):
+        open_volume(tmp_path / "m.tif", "mask")
+    open_volume(tmp_path / "m.tif", "image").close()  # the same file is a valid image
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_sink_appears_only_when_committed(tmp_path, ndim):
+    data = np.arange(2 * 5 * 6, dtype=np.uint8).reshape(2, 5, 6)[: 1 if ndim == 2 else 2]
+    path = tmp_path / "out.tif"
+    with create_sink(path, data.shape, np.uint8, ndim) as sink:
+        sink.write(data[0])
+        assert not path.exists() and sink.tmp_path.exists()
+        if ndim == 3:
+            sink.write(data[1:], z0=1)
+        sink.commit()
+    assert sorted(os.listdir(tmp_path)) == ["out.tif"]
+    written = tifffile.imread(path)
+    assert written.shape == (data.shape[1:] if ndim == 2 else data.shape)
+    np.testing.assert_array_equal(written.reshape(data.shape), data)
+
+
+def test_an_unfinished_or_failed_sink_leaves_the_old_file(tmp_path):
+    path = tmp_path / "out.tif"
+    path.write_bytes(b"old")
+    with create_sink(path, (3, 4, 4), np.uint8) as sink:  # left without commit: aborted
+        sink.write(np.zeros((4, 4), np.uint8))
+    with pytest.raises(RuntimeError, match="1 of 3 slices"):
+        with create_sink(path, (3, 4, 4), np.uint8) as sink:
+            sink.write(np.zeros((4, 4), np.uint8))
+            sink.commit()  # incomplete: refused
+    with pytest.raises(ValueError, match="z order"):
+        with create_sink(path, (3, 4, 4), np.uint8) as sink:
+            sink.write(np.zeros((1, 4, 4), np.uint8), z0=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        with create_sink(path, (3, 4, 4), np.uint8) as sink:
+            sink.write(np.zeros((4, 5), np.uint8))
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.tif"]
+
+
+def test_atomic_paths_commit_together_or_not_at_all(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.bin"
+    with pytest.raises(KeyError):
+        with atomic_paths(first, second) as (a, b):
+            a.write_text("{}")
+            raise KeyError("half-way")
+    assert os.listdir(tmp_path) == []
+    with atomic_paths(first, second) as (a, b):
+        a.write_text("{}")
+        b.write_bytes(b"1")
+        assert a.suffix == ".json" and a.name.startswith(".")  # hidden, format suffix kept
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.bin"]
+    write_json_atomic(first, {"x": 1})
+    assert first.read_text() == '{\n  "x": 1\n}\n'
+
+
+def test_output_path_checks(tmp_path, volume):
+    path, _ = volume
+    with pytest.raises(ConfigError, match="out: directory .*nowhere does not exist"):
+        check_output_path(tmp_path / "nowhere" / "o.tif", "out", False)
+    with pytest.raises(ConfigError, match="is also an input"):
+        check_output_path(path, "out", True, [path])
+    with pytest.raises(ConfigError, match="already exists; pass overwrite=true"):
+        check_output_path(path, "out", False)
+    check_output_path(tmp_path / "new.tif", "out", False)
+
+
+def test_checkpoint_reader_and_run_directories(tmp_path):
+    import torch
+
+    with pytest.raises(CheckpointError, match="ckpt_path: .*file not found"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"a": torch.ones(1)}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        read_checkpoint(tmp_path / "w.pt")
+    torch.save({"state_dict": {"net.w": torch.ones(2)}}, tmp_path / "ok.ckpt")
+    assert float(read_checkpoint(tmp_path / "ok.ckpt")["state_dict"]["net.w"].sum()) == 2
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"expected one checkpoints/best-\*.ckpt .*none"):
+        resolve_checkpoint_path(run)
+    best = run / "checkpoints" / "best-epoch003-fg_iou0.5000.ckpt"
+    best.write_bytes(b"x")
+    assert resolve_checkpoint_path(run) == best
+    assert resolve_checkpoint_path(tmp_path / "ok.ckpt") == tmp_path / "ok.ckpt"
