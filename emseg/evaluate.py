@@ -14,7 +14,6 @@ existing ``metrics.json`` of the run directory without work (re-launched sweeps)
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from emseg.inference import InferencePipeline, build_pipeline
 from emseg.io import VolumeSink, create_sink, open_volume, read_mask, write_json_atomic
 from emseg.io.encoding import probabilities_as
 from emseg.io.source import ZRange
+from emseg.run_dir import finished_metrics
 from emseg.volume_scores import METRIC_KEYS, VolumeScores, evaluate_volume
 
 __all__ = ["METRIC_KEYS", "run"]
@@ -238,10 +238,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    done = output_dir / "metrics.json"
-    if cfg.get("resume") and done.is_file():
-        log.info("%s exists: evaluation already complete (resume=true)", done)
-        return json.loads(done.read_text())["metrics"]
+    finished = finished_metrics(output_dir, bool(cfg.get("resume")))
+    if finished is not None:
+        return finished
     split, limit = _check_split(cfg)
     pipeline = build_pipeline(cfg)
     with contextlib.ExitStack() as stack:
@@ -272,6 +271,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
+    done = output_dir / "metrics.json"
     write_json_atomic(done, summary)
     _print_table(metrics, pipeline.threshold, int(cfg.edge_band))
     for name, extra in extras.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -18,9 +19,24 @@ from pathlib import Path
 
 from emseg.errors import ConfigError
 
-__all__ = ["LOCK_NAME", "claim_run_dir"]
+__all__ = ["LOCK_NAME", "claim_run_dir", "finished_metrics"]
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".emseg-run.lock"
+
+
+def finished_metrics(output_dir: Path, resume: bool) -> dict | None:
+    """The metrics of a finished run in ``output_dir`` when ``resume`` is set, else ``None``.
+
+    ``metrics.json`` is written last and atomically, so its presence marks a complete run (a
+    re-launched sweep with ``resume=true`` skips it).
+    """
+    done = Path(output_dir) / "metrics.json"
+    if not resume or not done.is_file():
+        return None
+    log.info("%s exists: run already complete (resume=true), nothing to do", done)
+    return json.loads(done.read_text())["metrics"]
 
 
 def _holder_alive(lock: Path) -> tuple[bool, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ from emseg.io.atomic import write_json_atomic
 from emseg.io.checkpoint import read_checkpoint
 from emseg.module import SegmentationModule
 from emseg.records import log_hparams, record_environment, run_hparams
-from emseg.run_dir import claim_run_dir
+from emseg.run_dir import claim_run_dir, finished_metrics
 
 __all__ = ["build", "check_config", "run"]
 
@@ -174,10 +173,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    done = output_dir / "metrics.json"
-    if cfg.get("resume") and done.is_file():
-        log.info("%s exists: run already complete, nothing to resume", done)
-        return json.loads(done.read_text())["metrics"]
+    finished = finished_metrics(output_dir, bool(cfg.get("resume")))
+    if finished is not None:
+        return finished
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
