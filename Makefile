@@ -5,49 +5,59 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
-# imagenet when smp's hub (or its cache) is reachable, else null (random init); or a file path.
-ENCODER_WEIGHTS ?= $(shell $(PY) -m emseg.model)
+# model.encoder_weights: auto = ImageNet when smp's hub (or its cache) is reachable, else random
+# init with a warning (emseg/model.py); or imagenet, null, a file path.
+ENCODER_WEIGHTS ?= auto
+comma := ,
+space := $(subst ,, )
+# $(call run_dirs,ROOT,NAMES): the absolute paths ROOT/NAME, comma-separated (a Hydra sweep).
+run_dirs = $(subst $(space),$(comma),$(addprefix $(abspath $(1))/,$(2)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench quality quality-val quality-ablations quality-report
+	reproduce-report report bench quality quality-snapshots quality-val quality-ablations \
+	quality-report
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
-# that re-running the target resumes unfinished runs and skips finished ones.
+# that re-running the target resumes unfinished runs and skips finished ones (resume=true).
 BUDGET ?= cpu
 ABLATIONS ?= baseline,dice,adagrad,l2,focal,sgd
 REPORT_RUNS ?= outputs/reproduce/$(BUDGET)
 REPORT_DIR ?= experiments/reproduce_report_$(BUDGET)
+# Every run is evaluated in <run>/eval; the baseline also saves its predictions and is evaluated
+# with naive tiling as well (eval_naive), for the report's figures.
+REPORT_NAMES = $(subst $(comma),$(space),$(ABLATIONS))
+REPORT_OTHERS = $(filter-out baseline,$(REPORT_NAMES))
+REPORT_BASELINE = $(if $(filter baseline,$(REPORT_NAMES)),$(REPORT_RUNS)/baseline)
+# eval.py on a run directory evaluates its best checkpoint; resume=true skips finished ones.
+EVAL_RESUME := resume=true progress=false
 # quality: issue 6's configurations (conf/experiment/fast.yaml, best.yaml), one fixed run
 # directory each, so that re-running the target resumes an unfinished training.
 QUALITY ?= fast
 QUALITY_RUNS ?= outputs/quality
 # experiment=best trains exactly as fast does: QUALITY=best QUALITY_RUN=outputs/quality/fast
-# evaluates fast's run with best's settings instead of training it again.
+# QUALITY_EVAL_ARGS=inference.tta=flips evaluates fast's run with best's settings instead of
+# training it again.
 QUALITY_RUN ?= $(QUALITY_RUNS)/$(QUALITY)
-# eval.py overrides for the test evaluations: the experiment's evaluation block (the settings
-# chosen on the validation hold-out), given explicitly so that checkpoints trained before the
-# block existed are evaluated the same way.
-QUALITY_EVAL_ARGS ?= $(shell $(PY) -m emseg.inference.settings $(QUALITY))
+QUALITY_OUT ?= $(QUALITY_RUN)/eval_$(QUALITY)
+# Further eval.py overrides of the test evaluations; the checkpoint's own evaluation block (the
+# settings chosen on the validation hold-out) applies beneath them.
+QUALITY_EVAL_ARGS ?=
 # The Lucchi++ labels of the same test images, scored from the same predictions.
 LUCCHIPP_TOO := '+extra_masks.lucchipp=$${paths.data_dir}/lucchipp/testing_groundtruth.tif'
 # Evaluate the snapshot checkpoints too (the points of the fg-IoU-vs-training-time plot).
 QUALITY_SNAPSHOTS ?= $(if $(filter fast,$(QUALITY)),true,false)
 # quality-ablations: each run removes one of experiment=fast's changes (baseline = none removed).
 QUALITY_ABLATIONS ?= baseline,fast_2d,fast_bce,fast_no_ema,fast_fg_half,fast_seed_lr
-# quality-val: name:override,override,... per candidate, evaluated one after another on the
-# validation hold-out: single changes against the default inference first, then greedy
-# combinations of the ones that helped (experiments/quality/README.md).
-QUALITY_VAL_CHOICES ?= border32: border0:inference.border_pad=0 border64:inference.border_pad=64 \
-	median3:postprocess.median_size=3 tta_flips:inference.tta=flips \
-	border0_median3:inference.border_pad=0,postprocess.median_size=3 \
-	border0_median3_flips:inference.border_pad=0,postprocess.median_size=3,inference.tta=flips \
-	border0_median3_d4:inference.border_pad=0,postprocess.median_size=3,inference.tta=d4 \
-	border0_median5:inference.border_pad=0,postprocess.median_size=5 \
-	border0_median7:inference.border_pad=0,postprocess.median_size=7 \
-	border0_median9:inference.border_pad=0,postprocess.median_size=9 \
-	border0_median7_flips:inference.border_pad=0,postprocess.median_size=7,inference.tta=flips
+# quality-val: the candidates of conf/val_choice, evaluated on the validation hold-out in this
+# order: single changes against the default inference first, then greedy combinations of the
+# ones that helped (experiments/quality/README.md).
+QUALITY_VAL_CHOICES ?= border32 border0 border64 median3 tta_flips border0_median3 \
+	border0_median3_flips border0_median3_d4 border0_median5 border0_median7 border0_median9 \
+	border0_median7_flips
+# snapshot-*.ckpt of the quality run, by name (read when quality-snapshots runs).
+SNAPSHOTS = $(basename $(notdir $(wildcard $(QUALITY_RUN)/checkpoints/snapshot-*.ckpt)))
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -74,45 +84,35 @@ reproduce-report: data ## train + evaluate the report's runs and ablations, then
 		model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
 		hydra.sweep.dir=$(REPORT_RUNS) hydra.sweep.subdir='$${hydra.runtime.choices.ablation}' \
 		test_after_fit=false $(ARGS)
-	@set -e; for run in $(REPORT_RUNS)/*/; do \
-	  ckpt=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
-	  if [ ! -f $$run/eval/metrics.json ]; then \
-	    save=false; [ "$$(basename $$run)" = baseline ] && save=true; \
-	    $(PY) eval.py ckpt_path=$$ckpt save_predictions=$$save progress=false hydra.run.dir=$$run/eval; \
-	  fi; \
-	  if [ "$$(basename $$run)" = baseline ] && [ ! -f $$run/eval_naive/metrics.json ]; then \
-	    $(PY) eval.py ckpt_path=$$ckpt inference=naive save_predictions=true progress=false \
-	      hydra.run.dir=$$run/eval_naive; \
-	  fi; \
-	done
+	$(if $(REPORT_OTHERS),$(PY) eval.py -m ckpt_path=$(call run_dirs,$(REPORT_RUNS),$(REPORT_OTHERS)) \
+		$(EVAL_RESUME) hydra.sweep.subdir='$${ckpt_path}/eval')
+	$(if $(REPORT_BASELINE),$(PY) eval.py ckpt_path=$(REPORT_BASELINE) save_predictions=true \
+		$(EVAL_RESUME) hydra.run.dir=$(REPORT_BASELINE)/eval)
+	$(if $(REPORT_BASELINE),$(PY) eval.py ckpt_path=$(REPORT_BASELINE) inference=naive \
+		save_predictions=true $(EVAL_RESUME) hydra.run.dir=$(REPORT_BASELINE)/eval_naive)
 	$(MAKE) report BUDGET=$(BUDGET)
 
 quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + snapshot checkpoints (test, Lucchi++ in the same pass), rebuild experiments/quality
 	[ -f $(QUALITY_RUN)/metrics.json ] || \
 	  $(PY) train.py experiment=$(QUALITY) model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
 	    test_after_fit=false hydra.run.dir=$(QUALITY_RUN) $(ARGS)
-	@set -e; run=$(QUALITY_RUN); out=$$run/eval_$(QUALITY); \
-	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
-	[ -f $$out/metrics.json ] || \
-	  $(PY) eval.py ckpt_path=$$best $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) progress=false \
-	    hydra.run.dir=$$out; \
-	if [ "$(QUALITY_SNAPSHOTS)" = true ]; then \
-	  for ckpt in $$run/checkpoints/snapshot-*.ckpt; do \
-	    point=$${out}_snapshots/$$(basename $$ckpt .ckpt); \
-	    [ -f $$point/metrics.json ] || \
-	      $(PY) eval.py ckpt_path=$$ckpt $(QUALITY_EVAL_ARGS) progress=false hydra.run.dir=$$point; \
-	  done; \
-	fi
+	$(PY) eval.py ckpt_path=$(QUALITY_RUN) $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) $(EVAL_RESUME) \
+		hydra.run.dir=$(QUALITY_OUT)
+	$(if $(filter true,$(QUALITY_SNAPSHOTS)),$(MAKE) quality-snapshots)
 	$(MAKE) quality-report
 
-quality-val: $(STAMP) ## compare inference settings for experiment=$(QUALITY) on the validation hold-out (eval.py split=val)
-	@set -e; run=$(QUALITY_RUNS)/$(QUALITY); \
-	best=$$(ls $$run/checkpoints/best-*.ckpt | head -n 1); \
-	for choice in $(QUALITY_VAL_CHOICES); do \
-	  name=$${choice%%:*}; args=$${choice#*:}; out=$$run/val_choices/$$name; \
-	  [ -f $$out/metrics.json ] || \
-	    $(PY) eval.py ckpt_path=$$best split=val checkpoint_settings=false $${args//,/ } progress=false hydra.run.dir=$$out; \
-	done
+# A target of its own so that the snapshot list is read after the training that writes them.
+quality-snapshots: $(STAMP) ## evaluate the snapshot checkpoints of $(QUALITY_RUN) (the fg-IoU-vs-time points)
+	$(if $(SNAPSHOTS),$(PY) eval.py -m +snapshot=$(subst $(space),$(comma),$(SNAPSHOTS)) \
+		'ckpt_path=$(abspath $(QUALITY_RUN))/checkpoints/$${snapshot}.ckpt' $(QUALITY_EVAL_ARGS) \
+		$(EVAL_RESUME) 'hydra.sweep.subdir=$(abspath $(QUALITY_OUT))_snapshots/$${snapshot}', \
+		@echo "no snapshot checkpoints in $(QUALITY_RUN)/checkpoints")
+
+quality-val: $(STAMP) ## compare inference settings (conf/val_choice) for experiment=$(QUALITY) on the validation hold-out
+	$(PY) eval.py -m ckpt_path=$(QUALITY_RUNS)/$(QUALITY) split=val checkpoint_settings=false \
+		val_choice=$(subst $(space),$(comma),$(strip $(QUALITY_VAL_CHOICES))) $(EVAL_RESUME) \
+		hydra.sweep.dir=$(QUALITY_RUNS)/$(QUALITY)/val_choices \
+		hydra.sweep.subdir='$${hydra.runtime.choices.val_choice}'
 
 quality-ablations: data ## leave-one-out runs of experiment=fast_short, compared on the validation hold-out (~18 min each)
 	$(PY) train.py -m experiment=fast_short ablation=$(QUALITY_ABLATIONS) \

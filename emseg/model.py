@@ -3,6 +3,9 @@
 ``encoder_weights`` may be
 * ``None``: random initialisation;
 * ``"imagenet"``: smp's own loader (downloads from its hub, or uses the local HF cache);
+* ``"auto"``: ``"imagenet"`` when those weights are reachable (cached, or the hub answers), else
+  random initialisation with a warning: the report's ImageNet start where it can be had, and a
+  run that still starts on an offline machine (``make train``);
 * a path to a local state dict: torchvision's ``vgg16-397923af.pth``, an smp encoder state dict,
   or a full smp ``Unet`` state dict (keys prefixed ``encoder.``).
 
@@ -95,7 +98,8 @@ def build_unet(
 
     Args:
         encoder_name: smp encoder (the report uses ``vgg16``).
-        encoder_weights: ``None``, ``"imagenet"`` or a local state-dict path (see module doc).
+        encoder_weights: ``None``, ``"imagenet"``, ``"auto"`` or a local state-dict path (see
+            the module docstring).
         in_channels: input channels (1 for 2D EM, 2k+1 for 2.5D).
         classes: output logits per pixel (1 for binary mitochondria).
         decoder_use_norm: decoder normalisation, e.g. ``"batchnorm"``, ``"groupnorm"``... (smp).
@@ -115,6 +119,8 @@ def build_unet(
         decoder_use_norm=decoder_use_norm,
         decoder_channels=tuple(decoder_channels),
     )
+    if encoder_weights == "auto":
+        encoder_weights = _auto_weights(encoder_name)
     pretrained = encoder_weights is not None
     if encoder_weights == "imagenet":
         _load_imagenet(model, encoder_name)
@@ -135,11 +141,24 @@ def build_unet(
     return model
 
 
+def _auto_weights(encoder_name: str) -> str | None:
+    """``"imagenet"`` when smp's ImageNet weights for ``encoder_name`` can be loaded, else
+    ``None`` (random initialisation), said in one warning."""
+    if imagenet_weights_reachable(encoder_name):
+        return "imagenet"
+    log.warning(
+        "model.encoder_weights=auto: ImageNet weights for %s are not in the Hugging Face cache "
+        "and its hub is unreachable (offline): training from random initialisation",
+        encoder_name,
+    )
+    return None
+
+
 def imagenet_weights_reachable(encoder_name: str = "vgg16", timeout: float = 3.0) -> bool:
     """True if smp's ImageNet weights for ``encoder_name`` are cached or its hub answers.
 
-    Used by ``make train`` to decide between the report's ImageNet start and random init on
-    offline machines, without waiting for the hub client's long network time-outs.
+    Decides ``encoder_weights="auto"`` (and fails ``"imagenet"`` fast) without waiting for the
+    hub client's long network time-outs.
     """
     import socket
     from urllib.parse import urlparse
@@ -160,13 +179,3 @@ def imagenet_weights_reachable(encoder_name: str = "vgg16", timeout: float = 3.0
     except OSError:
         return False
     return True
-
-
-if __name__ == "__main__":  # `python -m emseg.model`: print the encoder_weights make train uses
-    import sys
-
-    if imagenet_weights_reachable():
-        print("imagenet")
-    else:
-        print("ImageNet weights unreachable (offline): training from random init.", file=sys.stderr)
-        print("null")

@@ -27,7 +27,6 @@ __all__ = [
     "SETTING_GROUPS",
     "apply_checkpoint_settings",
     "command_line_overrides",
-    "experiment_overrides",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,30 +99,3 @@ def apply_checkpoint_settings(
             " ".join(f"{k}={v}" for k, v in applied.items()),
         )
     return applied
-
-
-def experiment_overrides(experiment: str) -> list[str]:
-    """``conf/experiment/<experiment>.yaml``'s evaluation block as eval.py overrides.
-
-    For checkpoints trained before the block existed (or by another experiment): the Makefile
-    passes these to ``eval.py`` so that ``make quality`` evaluates any run with its
-    experiment's chosen settings.
-    """
-    from hydra import compose, initialize_config_dir
-
-    from emseg.resolvers import PROJECT_ROOT
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        train = compose(config_name="train", overrides=[f"experiment={experiment}"])
-    block = OmegaConf.to_container(train.get("evaluation") or {}, resolve=True)
-    return [
-        f"{key}={value}"
-        for group in SETTING_GROUPS
-        for key, value in _flatten(block.get(group) or {}, f"{group}.").items()
-    ]
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(" ".join(experiment_overrides(sys.argv[1])))
