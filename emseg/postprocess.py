@@ -116,11 +116,10 @@ def _median_centre(
     padded = np.pad(stack, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
     height, width = stack.shape[1:]
     out = np.empty((height, width), np.float32)
-    # The median of the size^3 shifted copies, a few rows at a time (~64 MB of copies): ~4x
-    # faster than scipy.ndimage.median_filter on the stack, which would filter every slice.
-    # np.partition releases the GIL, so blocks of rows run on ``threads`` threads (median 7 is
-    # the slowest step of eval.py with experiment=fast; the same blocks took 0.68 s on 2
-    # threads vs 1.30 s on one, 2-core AMD EPYC Zen 4).
+    # The median of the size^3 shifted copies, a few rows at a time (MEDIAN_BLOCK_ELEMENTS):
+    # faster than scipy.ndimage.median_filter on the stack, which would filter every slice of
+    # it, not only the centre. np.partition releases the GIL, so blocks of rows run on
+    # ``threads`` threads (timings: experiments/quality/README.md).
     rows = max(1, MEDIAN_BLOCK_ELEMENTS // (size**3 * width))
 
     def median_of_rows(y0: int) -> None:

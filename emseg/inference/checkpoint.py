@@ -98,7 +98,7 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, assi
 def _build(
     model_cfg: dict[str, Any], in_channels: int, state: dict[str, torch.Tensor], path: Path
 ) -> nn.Module:
-    """The network with ``state`` loaded, built on the meta device to skip random init (~1 s)."""
+    """The network with ``state`` loaded, built on the meta device to skip random init."""
     with torch.device("meta"):
         net = _instantiate(model_cfg, in_channels, path)
     _load_state(net, state, path, assign=True)
