@@ -75,6 +75,7 @@ def _build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
 
 
 def _build_loggers(cfg: DictConfig) -> list:
+    """The configured loggers (none with ``logger=none``)."""
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
@@ -200,6 +201,8 @@ def _fit_and_record(
     trainer: L.Trainer,
     ckpt_path: str | None,
 ) -> dict[str, float]:
+    """Record the run (config, environment, hparams), fit, optionally test the best checkpoint,
+    and write ``metrics.json`` last, so that its presence means the run is complete."""
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
