@@ -12,7 +12,7 @@ from emseg.train import run
 def main(cfg: DictConfig) -> float | None:
     """Run one training job and return the metric a sweeper optimises."""
     metrics = run_or_exit(run, cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/fg_iou"))
+    return metrics.get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

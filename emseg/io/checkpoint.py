@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from emseg.errors import EmsegError, require_file
+from emseg.errors import ConfigError, require_file
 
 __all__ = ["CheckpointError", "read_checkpoint"]
 
 
-class CheckpointError(EmsegError):
-    """A checkpoint that is missing, unreadable, or was not written by emseg's ``train.py``."""
+class CheckpointError(ConfigError):
+    """A ``ckpt_path`` that is missing, unreadable, or not written by emseg's ``train.py``."""
 
 
 def read_checkpoint(
