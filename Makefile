@@ -60,7 +60,7 @@ QUALITY_VAL_CHOICES ?= border32 border0 border64 median3 tta_flips border0_media
 SNAPSHOTS = $(basename $(notdir $(wildcard $(QUALITY_RUN)/checkpoints/snapshot-*.ckpt)))
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -21,7 +21,7 @@ import tifffile
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.bench import inference, pipeline, startup, training
+from benchmarks.bench import pipeline, startup, training
 from benchmarks.bench.common import TRAIN_OVERRIDES, compose_config, log
 from benchmarks.bench.env import environment, machine_busy_seconds, own_cpu_seconds
 from benchmarks.bench.report import render, targets
@@ -152,6 +152,8 @@ def run_startup(bench: Bench) -> dict[str, Any]:
 
 
 def run_inference(bench: Bench) -> dict[str, Any]:
+    from benchmarks.bench import inference  # the inference pipeline: only with a checkpoint
+
     sizes = bench.sizes
     return inference.timing(
         Path(bench.train_config("train").data.test_image),
@@ -167,6 +169,8 @@ def run_inference(bench: Bench) -> dict[str, Any]:
 
 
 def run_quality(bench: Bench) -> dict[str, Any]:
+    from benchmarks.bench import inference  # the inference pipeline: only with a checkpoint
+
     data = bench.train_config("train").data
     return inference.validation_quality(
         Path(data.train_image), Path(data.train_mask), int(data.val_slices), bench.args.ckpt
