@@ -10,8 +10,8 @@ ARGS ?=
 ENCODER_WEIGHTS ?= auto
 comma := ,
 space := $(subst ,, )
-# $(call run_dirs,ROOT,NAMES): the absolute paths ROOT/NAME, comma-separated (a Hydra sweep).
-run_dirs = $(subst $(space),$(comma),$(addprefix $(abspath $(1))/,$(2)))
+# $(call commas,A B C) = A,B,C (the values of a Hydra sweep).
+commas = $(subst $(space),$(comma),$(strip $(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
@@ -31,6 +31,8 @@ REPORT_NAMES = $(subst $(comma),$(space),$(ABLATIONS))
 REPORT_OTHERS = $(filter-out baseline,$(REPORT_NAMES))
 REPORT_BASELINE = $(if $(filter baseline,$(REPORT_NAMES)),$(REPORT_RUNS)/baseline)
 # eval.py on a run directory evaluates its best checkpoint; resume=true skips finished ones.
+# Sweeps over several checkpoints sweep a name (+run_name, +snapshot) that gives both the
+# checkpoint and the output directory (an absolute hydra.sweep.subdir: in the run directory).
 EVAL_RESUME := resume=true progress=false
 # quality: issue 6's configurations (conf/experiment/fast.yaml, best.yaml), one fixed run
 # directory each, so that re-running the target resumes an unfinished training.
@@ -84,8 +86,9 @@ reproduce-report: data ## train + evaluate the report's runs and ablations, then
 		model.encoder_weights=$(ENCODER_WEIGHTS) resume=true \
 		hydra.sweep.dir=$(REPORT_RUNS) hydra.sweep.subdir='$${hydra.runtime.choices.ablation}' \
 		test_after_fit=false $(ARGS)
-	$(if $(REPORT_OTHERS),$(PY) eval.py -m ckpt_path=$(call run_dirs,$(REPORT_RUNS),$(REPORT_OTHERS)) \
-		$(EVAL_RESUME) hydra.sweep.subdir='$${ckpt_path}/eval')
+	$(if $(REPORT_OTHERS),$(PY) eval.py -m +run_name=$(call commas,$(REPORT_OTHERS)) \
+		'ckpt_path=$(REPORT_RUNS)/$${run_name}' $(EVAL_RESUME) \
+		'hydra.sweep.subdir=$(abspath $(REPORT_RUNS))/$${run_name}/eval')
 	$(if $(REPORT_BASELINE),$(PY) eval.py ckpt_path=$(REPORT_BASELINE) save_predictions=true \
 		$(EVAL_RESUME) hydra.run.dir=$(REPORT_BASELINE)/eval)
 	$(if $(REPORT_BASELINE),$(PY) eval.py ckpt_path=$(REPORT_BASELINE) inference=naive \
@@ -103,14 +106,14 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 
 # A target of its own so that the snapshot list is read after the training that writes them.
 quality-snapshots: $(STAMP) ## evaluate the snapshot checkpoints of $(QUALITY_RUN) (the fg-IoU-vs-time points)
-	$(if $(SNAPSHOTS),$(PY) eval.py -m +snapshot=$(subst $(space),$(comma),$(SNAPSHOTS)) \
-		'ckpt_path=$(abspath $(QUALITY_RUN))/checkpoints/$${snapshot}.ckpt' $(QUALITY_EVAL_ARGS) \
+	$(if $(SNAPSHOTS),$(PY) eval.py -m +snapshot=$(call commas,$(SNAPSHOTS)) \
+		'ckpt_path=$(QUALITY_RUN)/checkpoints/$${snapshot}.ckpt' $(QUALITY_EVAL_ARGS) \
 		$(EVAL_RESUME) 'hydra.sweep.subdir=$(abspath $(QUALITY_OUT))_snapshots/$${snapshot}', \
 		@echo "no snapshot checkpoints in $(QUALITY_RUN)/checkpoints")
 
 quality-val: $(STAMP) ## compare inference settings (conf/val_choice) for experiment=$(QUALITY) on the validation hold-out
 	$(PY) eval.py -m ckpt_path=$(QUALITY_RUNS)/$(QUALITY) split=val checkpoint_settings=false \
-		val_choice=$(subst $(space),$(comma),$(strip $(QUALITY_VAL_CHOICES))) $(EVAL_RESUME) \
+		val_choice=$(call commas,$(QUALITY_VAL_CHOICES)) $(EVAL_RESUME) \
 		hydra.sweep.dir=$(QUALITY_RUNS)/$(QUALITY)/val_choices \
 		hydra.sweep.subdir='$${hydra.runtime.choices.val_choice}'
 

@@ -71,9 +71,10 @@ def _dry_run(*args: str) -> str:
             "reproduce-report",
             [
                 "train.py -m experiment=seed_report ablation=baseline,dice",
-                "eval.py -m ckpt_path=",
-                "/outputs/reproduce/cpu/dice,",
-                "hydra.sweep.subdir='${ckpt_path}/eval'",
+                "eval.py -m +run_name=dice,adagrad,l2,focal,sgd",
+                "'ckpt_path=outputs/reproduce/cpu/${run_name}'",
+                "/outputs/reproduce/cpu/${run_name}/eval'",
+                "hydra.run.dir=outputs/reproduce/cpu/baseline/eval ",
                 "hydra.run.dir=outputs/reproduce/cpu/baseline/eval_naive",
                 "-m scripts.reproduce_report",
             ],
