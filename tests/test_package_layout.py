@@ -74,7 +74,7 @@ def _dry_run(*args: str) -> str:
                 "eval.py -m +run_name=dice,adagrad,l2,focal,sgd",
                 "'ckpt_path=outputs/reproduce/cpu/${run_name}'",
                 "/outputs/reproduce/cpu/${run_name}/eval'",
-                "hydra.run.dir=outputs/reproduce/cpu/baseline/eval ",
+                "hydra.run.dir=outputs/reproduce/cpu/baseline/eval\n",
                 "hydra.run.dir=outputs/reproduce/cpu/baseline/eval_naive",
                 "-m scripts.reproduce_report",
             ],
