@@ -51,8 +51,10 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+# A few CPU steps of the small network (conf/model/tiny.yaml) on the synthetic volume: what the
+# tests of plumbing (fit, resume, sweeps, CLI faults, eval / predict / export) train.
 TINY_OVERRIDES = [
-    "model.encoder_weights=null",
+    "model=tiny",
     "data.patch_size=64",
     "data.batch_size=2",
     "data.val_slices=2",
@@ -69,6 +71,18 @@ TINY_OVERRIDES = [
     "trainer.enable_model_summary=false",
     "++callbacks.progress_bar=null",
 ]
+
+
+# Appended to TINY_OVERRIDES (the later model choice wins): the report's VGG16-UNet, random init,
+# for the few tests that must run the real network.
+VGG16 = ["model=unet_vgg16", "model.encoder_weights=null"]
+
+
+def names_after_swept_keys(*fixed: str) -> str:
+    """The override that names sweep runs after the swept keys only, leaving ``fixed`` out
+    (e.g. ``loss=dice,optim=adam`` instead of every tiny override), as a user would."""
+    keys = ",".join(o.split("=")[0].lstrip("+~") for o in fixed)
+    return f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"
 
 
 def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:

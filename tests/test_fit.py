@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
+from omegaconf import OmegaConf
 
 from emseg.train import build, run
 
@@ -102,7 +103,7 @@ def test_run_writes_metrics_checkpoints_and_events(tiny_cfg):
     assert environment["packages"]["torch"] == torch.__version__
     assert {"git_dirty", "python", "hardware"} <= environment.keys()
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert checkpoint["emseg_config"]["model"]["encoder_name"] == "vgg16"
+    assert checkpoint["emseg_config"]["model"] == OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def test_ema_run_checkpoints_the_averaged_weights_and_tests_them(tiny_cfg):
