@@ -144,6 +144,14 @@ def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[in
 
     Same root script, same exit codes and stderr as a subprocess, without its start-up cost.
     """
+    code, _, err = run_script_captured(script, args, tmp_path, capsys)
+    return code, err
+
+
+def run_script_captured(
+    script: str, args: list[str], tmp_path: Path, capsys
+) -> tuple[int, str, str]:
+    """:func:`run_script`, with stdout too: (exit code, stdout, stderr)."""
     import runpy
     import sys
 
@@ -160,4 +168,5 @@ def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[in
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

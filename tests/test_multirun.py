@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from emseg.resolvers import PROJECT_ROOT
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, names_after_swept_keys
 
 
 def test_user_sweep_makes_four_runs(tmp_path, synthetic_data_dir):
@@ -25,10 +25,7 @@ def test_user_sweep_makes_four_runs(tmp_path, synthetic_data_dir):
         *TINY_OVERRIDES,
         "test_after_fit=false",
         f"hydra.sweep.dir={sweep_dir}",
-        # Name the runs after the swept keys only, as a user would for a real sweep.
-        "hydra.job.config.override_dirname.exclude_keys=[{}]".format(
-            ",".join(o.split("=")[0].lstrip("+~") for o in [*TINY_OVERRIDES, "test_after_fit=0"])
-        ),
+        names_after_swept_keys(*TINY_OVERRIDES, "test_after_fit=0"),
     ]
     env = {**os.environ, "EMSEG_DATA_DIR": str(synthetic_data_dir)}
     result = subprocess.run(

@@ -32,12 +32,15 @@ from emseg.errors import ConfigError
 from emseg.inference import load_checkpoint
 from emseg.io import read_pair
 from emseg.resolvers import PROJECT_ROOT
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES
-
-# Name sweep runs after the swept keys only (as in test_multirun.py).
-EXCLUDE_TINY = "hydra.job.config.override_dirname.exclude_keys=[{}]".format(
-    ",".join(o.split("=")[0].lstrip("+~") for o in [*TINY_OVERRIDES, "test_after_fit=0"])
+from tests.conftest import (
+    CONFIG_DIR,
+    TINY_OVERRIDES,
+    names_after_swept_keys,
+    run_script,
+    run_script_captured,
 )
+
+EXCLUDE_TINY = names_after_swept_keys(*TINY_OVERRIDES, "test_after_fit=0")
 
 
 def train_cli(args: list[str], data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -121,12 +124,13 @@ def test_ddp_cpu_two_process_fit(tmp_path, synthetic_data_dir):
     assert metrics["test/fg_iou"] == pytest.approx(fg_iou(best, test_image, test_mask), abs=1e-6)
 
 
-def test_ddp_in_local_multirun_is_refused(tmp_path, synthetic_data_dir):
+def test_ddp_in_local_multirun_is_refused(tmp_path, synthetic_data_dir, capsys):
     """Lightning's ddp re-runs the command line per process: a local -m sweep cannot do that."""
     args = ["-m", "trainer=ddp_cpu", "loss=bce,dice", *TINY_OVERRIDES]
-    result = train_cli([*args, f"hydra.sweep.dir={tmp_path}"], synthetic_data_dir)
-    assert result.returncode == 2
-    assert "error: trainer.strategy=ddp starts its processes by re-running" in result.stderr
+    args += [f"paths.data_dir={synthetic_data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    code, err = run_script("train.py", args, tmp_path, capsys)
+    assert code == 2
+    assert "error: trainer.strategy=ddp starts its processes by re-running" in err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -220,11 +224,12 @@ def test_submitit_slurm_launcher_config(tmp_path, monkeypatch):
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (1, 1, 1)
 
 
-def test_cfg_hydra_shows_slurm_launcher(synthetic_data_dir):
-    args = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"]
-    result = train_cli(args, synthetic_data_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+def test_cfg_hydra_shows_slurm_launcher(tmp_path, capsys):
+    # The option first: run_script_captured appends overrides of its own.
+    args = ["--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"]
+    code, out, err = run_script_captured("train.py", args, tmp_path, capsys)
+    assert code == 0, err[-2000:]
+    launcher = yaml.safe_load(out)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["timeout_min"] == 120
     assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == "${trainer.devices}"
@@ -267,6 +272,7 @@ def test_optuna_search_runs(tmp_path, synthetic_data_dir):
     """Two trials of the search end to end; patch sizes that fit the 96-pixel synthetic slices."""
     sweep_dir = tmp_path / "search"
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("data.patch_size=")]
+    names = names_after_swept_keys(*tiny, "test_after_fit=0")
     # A search-space override on the command line replaces the config's.
     args = ["hparams_search=optuna_fg_iou", *tiny, "data.patch_size=choice(32,64)"]
     args += [
@@ -274,7 +280,7 @@ def test_optuna_search_runs(tmp_path, synthetic_data_dir):
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
         f"hydra.sweep.dir={sweep_dir}",
-        EXCLUDE_TINY.replace("data.patch_size,", ""),
+        names,
     ]
     result = train_cli(args, synthetic_data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
