@@ -140,10 +140,17 @@ def test_callbacks_and_logger_instantiate(tiny_cfg):
     assert type(logger).__name__ == "TensorBoardLogger"
 
 
-def test_model_config_builds_a_one_channel_unet(tiny_cfg):
-    net = instantiate(tiny_cfg().model, in_channels=1)
-    out = net(torch.zeros(1, 1, 64, 64))
-    assert out.shape == (1, 1, 64, 64)
+@pytest.mark.parametrize("name", options("model"))
+def test_model_configs_build_2d_and_2_5d_unets(tiny_cfg, name):
+    """Every model builds offline (random init) for one input channel and for 2.5D input
+    (data.context=1: three channels), with the output stride 32 the windows are sized by."""
+    node = tiny_cfg(f"model={name}", "model.encoder_weights=null").model
+    for channels in (1, 3):
+        net = instantiate(node, in_channels=channels).eval()
+        assert net.encoder.output_stride == 32
+        with torch.no_grad():
+            out = net(torch.zeros(1, channels, 64, 96))
+        assert out.shape == (1, 1, 64, 96)
 
 
 REPORT_ABLATIONS = [n for n in options("ablation") if not n.startswith("fast_")]
