@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spot-check for issue 16 "same behaviour": the same commands on the code in $1, outputs in $2.
 set -euo pipefail
-repo=$1; out=$2; mkdir -p $out
+repo=$(cd "$1" && pwd); mkdir -p "$2"; out=$(cd "$2" && pwd)
 cd $repo
 PY=${PY:-$repo/.venv/bin/python}
 $PY train.py experiment=fast model.encoder_weights=null trainer.max_epochs=2 \
