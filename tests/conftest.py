@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[in
     return code, err
 
 
+def _loggers() -> list[logging.Logger]:
+    loggers = [logging.root, *logging.root.manager.loggerDict.values()]
+    return [logger for logger in loggers if isinstance(logger, logging.Logger)]  # not PlaceHolder
+
+
 def run_script_captured(
     script: str, args: list[str], tmp_path: Path, capsys
 ) -> tuple[int, str, str]:
@@ -158,6 +164,10 @@ def run_script_captured(
     quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     argv = sys.argv
     sys.argv = [script, *args, *quiet, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    # Hydra's logging configs (disabled.yaml included) disable every existing logger: give the
+    # later tests (caplog) the loggers back as they were.
+    states = {logger: logger.disabled for logger in _loggers()}
+    root_level = logging.root.level
     GlobalHydra.instance().clear()
     capsys.readouterr()
     try:
@@ -168,5 +178,8 @@ def run_script_captured(
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
+        for logger in _loggers():  # those created meanwhile: enabled
+            logger.disabled = states.get(logger, False)
+        logging.root.setLevel(root_level)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
