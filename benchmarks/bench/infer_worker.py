@@ -2,13 +2,14 @@
 peak RSS (``VmHWM``) is that of inference alone: ``python -m benchmarks.bench.infer_worker
 '<json job>'`` prints one JSON line.
 
-Two kinds of pass, same network, precision and memory layout (resolved by
-:class:`~emseg.inference.VolumePredictor`):
+Two kinds of pass, same network, precision and memory layout (resolved by the inference
+pipeline's :class:`~emseg.inference.VolumePredictor`):
 
-* ``predictor``: :class:`~emseg.inference.VolumePredictor` with the given ``conf/inference``
+* ``predictor``: :class:`~emseg.inference.InferencePipeline` with the given ``conf/inference``
   settings, streaming the file page by page (what ``eval.py`` / ``predict.py`` do);
-* ``plain``: the bare minimum, one forward pass per slice (sides padded up to multiples of 32
-  only), sigmoid, nothing else: the baseline the predictor's overhead is measured against.
+* ``plain``: the bare minimum, one forward pass per slice (sides padded up to multiples of the
+  network's stride only), sigmoid, nothing else: the baseline the pipeline's overhead is
+  measured against.
 """
 
 from __future__ import annotations
@@ -20,35 +21,40 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmarks.bench.env import peak_rss_bytes
 from emseg.data.dataset import context_slices
 from emseg.hardware import set_torch_threads
-from emseg.inference import Preprocessing, TiffSlices, VolumePredictor, load_checkpoint
+from emseg.inference import (
+    PRECISIONS,
+    InferencePipeline,
+    VolumePredictor,
+    WindowSettings,
+    load_checkpoint,
+)
 from emseg.inference.sliding_window import pad_to_multiple
+from emseg.io import open_volume
 
-__all__ = ["load_network", "plain_pass", "run_job"]
+__all__ = ["pipeline_for", "plain_pass", "run_job"]
 
 
-def load_network(ckpt: str) -> tuple[nn.Module, Preprocessing]:
-    """The checkpoint's network and normalisation."""
-    checkpoint = load_checkpoint(ckpt)
-    return checkpoint.net, checkpoint.preprocessing
+def pipeline_for(ckpt: str, settings: dict[str, Any]) -> InferencePipeline:
+    """The inference pipeline of a checkpoint with ``WindowSettings`` fields ``settings``."""
+    return InferencePipeline(load_checkpoint(ckpt), WindowSettings(**settings))
 
 
 @torch.inference_mode()
 def plain_pass(predictor: VolumePredictor, slices: Any, limit: int) -> list[float]:
     """One bare forward pass per slice with the predictor's model, precision and layout."""
     model, pre = predictor.model, predictor.preprocessing
-    dtype = predictor.window_kwargs["autocast_dtype"]
+    dtype = PRECISIONS[predictor.precision]
     device = predictor.device
     seconds = []
     for z in range(limit):
         t0 = time.perf_counter()
         indices = context_slices(z, len(slices), pre.context)
         image = torch.from_numpy(np.stack([pre(slices[int(i)]) for i in indices]))[None]
-        image, (height, width) = pad_to_multiple(image.to(device))
+        image, (height, width) = pad_to_multiple(image.to(device), predictor.stride)
         if predictor.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -63,10 +69,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job: ``{"kind": "predictor"|"plain", "input": tif, "ckpt": path,
     "settings": conf/inference overrides, "limit": slices|None, "threads": int|None}``."""
     set_torch_threads(job.get("threads"))
-    net, pre = load_network(job.get("ckpt"))
     settings = {"precision": "auto", "device": "cpu", **job.get("settings", {})}
-    predictor = VolumePredictor(net, pre, **settings)
-    with TiffSlices(job["input"]) as slices:
+    predictor = pipeline_for(job.get("ckpt"), settings).predictor
+    with open_volume(job["input"]) as slices:
         depth = len(slices)
         limit = min(int(job["limit"]), depth) if job.get("limit") else depth
         t0 = time.perf_counter()

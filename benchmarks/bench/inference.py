@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
 from benchmarks.bench.common import compose_config, log
-from benchmarks.bench.infer_worker import load_network, run_job
-from emseg.data.volume import read_pair
-from emseg.evaluate import evaluate_volume
-from emseg.inference import VolumePredictor
+from benchmarks.bench.infer_worker import pipeline_for, run_job
+from emseg.io import read_pair
 from emseg.resolvers import PROJECT_ROOT
+from emseg.volume_scores import evaluate_volume
 
 __all__ = [
     "inference_settings",
@@ -39,12 +38,9 @@ GIB = 1024**3
 
 
 def inference_settings(name: str = "default", **overrides: Any) -> dict[str, Any]:
-    """``conf/inference/<name>.yaml`` as VolumePredictor kwargs, plus ``overrides``."""
+    """``conf/inference/<name>.yaml`` as WindowSettings fields, plus ``overrides``."""
     cfg = compose_config("eval", [f"inference={name}", "ckpt_path=unused"])
-    settings = OmegaConf.to_container(cfg.inference, resolve=True)
-    settings.pop("_target_", None)
-    settings.pop("_partial_", None)
-    return {**settings, **overrides}
+    return {**instantiate(cfg.inference).as_dict(), **overrides}
 
 
 def run_isolated(job: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
@@ -200,10 +196,10 @@ def validation_quality(
     results: dict[str, Any] = {}
     for name, settings in variants.items():
         log(f"quality: {name} on {val_slices} validation slices")
-        net, pre = load_network(ckpt)
-        predictor = VolumePredictor(net, pre, **{**settings, "device": "cpu"})
+        pipeline = pipeline_for(ckpt, {**settings, "device": "cpu"})
+        predictor = pipeline.predictor
         t0 = time.perf_counter()
-        probs = list(predictor.predict(image))
+        probs = list(pipeline.probabilities(image))
         seconds = time.perf_counter() - t0
         metrics, _ = evaluate_volume(iter(probs), mask)
         results[name] = {
