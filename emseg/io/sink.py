@@ -30,9 +30,10 @@ class _Aborted(Exception):
 class VolumeSink(abc.ABC):
     """A ``(Z, Y, X)`` output written block by block along Z, committed as a whole.
 
-    Subclasses implement :meth:`_append` (one ``(Y, X)`` slice) and :meth:`_finish` (close
-    the temporary file). Formats with random block access (Zarr) may accept any ``z0``; this
-    base class enforces z order, which every format can do.
+    Subclasses implement :meth:`_start` (open :attr:`tmp_path`), :meth:`_append` (one
+    ``(Y, X)`` slice) and :meth:`_finish` (close the temporary file). Formats with random
+    block access (Zarr) may accept any ``z0``; this base class enforces z order, which every
+    format can do.
 
     Args:
         path: the final file name.
@@ -60,6 +61,15 @@ class VolumeSink(abc.ABC):
         self._stack = contextlib.ExitStack()
         self.tmp_path = self._stack.enter_context(atomic_path(self.path, tag))
         self._open = True
+        try:
+            self._start()
+        except BaseException:
+            self.abort()
+            raise
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Open the temporary file :attr:`tmp_path` for writing."""
 
     @abc.abstractmethod
     def _append(self, page: np.ndarray) -> None:
@@ -101,7 +111,7 @@ class VolumeSink(abc.ABC):
         """Close and delete the temporary file; ``path`` is left as it was."""
         if self._open:
             self._open = False
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # also when _start failed half-way
                 self._finish()
         self._stack.__exit__(_Aborted, _Aborted(), None)
 

@@ -168,23 +168,11 @@ class TiffSource(VolumeSource):
 class TiffSink(VolumeSink):
     """Write a TIFF slice by slice in z order; it appears under ``path`` only on :meth:`commit`.
 
-    Args:
-        path: the final file name.
-        shape: ``(Z, Y, X)`` of the volume to write.
-        dtype: numpy dtype of the slices.
-        ndim: 2 writes a single ``(Y, X)`` image (``Z`` must be 1), 3 a ``(Z, Y, X)`` stack.
-        tag: extra part of the temporary name, for several temporaries of one output.
+    ``ndim=2`` writes a single ``(Y, X)`` image, 3 a ``(Z, Y, X)`` stack (arguments: see
+    :class:`~emseg.io.sink.VolumeSink`). BigTIFF is used for outputs of 2 GiB or more.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        shape: tuple[int, int, int],
-        dtype: np.dtype | str,
-        ndim: int = 3,
-        tag: str = "",
-    ) -> None:
-        super().__init__(path, shape, dtype, ndim, tag)
+    def _start(self) -> None:
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self._tif = tifffile.TiffWriter(self.tmp_path, bigtiff=nbytes > _BIGTIFF_BYTES)
 
