@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emseg.errors import DataError
+from emseg.errors import DataError, require_file
 from emseg.io.sink import VolumeSink
 from emseg.io.source import VolumeSource, check_dtype
 from emseg.io.tiff import TIFF_SUFFIXES, TiffSink, TiffSource
@@ -40,6 +40,7 @@ def open_volume(path: str | Path, what: str = "image") -> VolumeSource:
         DataError: unsupported format, missing / unreadable file, wrong layout or dtype.
     """
     path = Path(path)
+    require_file(path, DataError)  # a missing file or a directory says so, whatever its name
     source = SOURCES[_suffix(path, SOURCES, "input")](path)
     try:
         check_dtype(source.dtype, path, what)

@@ -128,9 +128,11 @@ class TiffSource(VolumeSource):
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
             voxel_size = _voxel_size(self._tif)
             pages = list(series.pages)
-            _check_extent(path, series, pages)
         try:
-            super().__init__(path, shape, dtype, voxel_size)
+            super().__init__(
+                path, shape, dtype, voxel_size
+            )  # layout first: "empty" over "truncated"
+            _check_extent(path, series, pages)
         except DataError:
             self.close()
             raise
