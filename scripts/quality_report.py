@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from emseg.io.atomic import atomic_path, write_json_atomic
+from emseg.io.checkpoint import read_checkpoint
 from scripts.runs import ReportError, RunRecord, load_run, read_json, read_yaml, report_main
 
 __all__ = [
@@ -117,7 +117,7 @@ def checkpoint_progress(path: Path) -> tuple[float, int]:
     """(training seconds, global step) stored in a Lightning checkpoint by its timer callback."""
     if not path.is_file():
         raise ReportError(f"{path}: checkpoint of a curve point is missing")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = read_checkpoint(path, label="curve point", weights_only=False)
     seconds = _training_seconds(checkpoint.get("callbacks") or {})
     if seconds is None:
         raise ReportError(

@@ -16,6 +16,11 @@ from scripts.runs import ReportError
 from tests.test_report import _fake_eval, _fake_run
 
 
+def _save_checkpoint(path, step: int, callbacks: dict) -> None:
+    """A minimal Lightning-like checkpoint with callback state."""
+    torch.save({"state_dict": {}, "global_step": step, "callbacks": callbacks}, path)
+
+
 @pytest.fixture
 def rows_file(tmp_path):
     image, mask = tmp_path / "test.tif", tmp_path / "mask.tif"
@@ -25,7 +30,11 @@ def rows_file(tmp_path):
     for epoch, (seconds, fg_iou) in enumerate([(600.0, 0.75), (1800.0, 0.82)]):
         ckpt = tmp_path / f"snapshot-epoch{epoch:03d}.ckpt"
         torch.save(
-            {"global_step": 100 * (epoch + 1), "callbacks": {"FitTimer": {"seconds": seconds}}},
+            {
+                "state_dict": {},
+                "global_step": 100 * (epoch + 1),
+                "callbacks": {"FitTimer": {"seconds": seconds}},
+            },
             ckpt,
         )
         point = fast / "eval_snapshots" / ckpt.stem
@@ -40,7 +49,10 @@ def rows_file(tmp_path):
         (fast / "val_choices" / name / "metrics.json").write_text(json.dumps(data))
     # The run's best checkpoint (its main evaluation ends the curve).
     best_ckpt = tmp_path / "best.ckpt"
-    torch.save({"global_step": 300, "callbacks": {"FitTimer": {"seconds": 2400.0}}}, best_ckpt)
+    torch.save(
+        {"state_dict": {}, "global_step": 300, "callbacks": {"FitTimer": {"seconds": 2400.0}}},
+        best_ckpt,
+    )
     for sub in ("eval", "eval_lucchipp"):
         data = json.loads((fast / sub / "metrics.json").read_text())
         data["checkpoint"] = str(best_ckpt)
@@ -115,7 +127,7 @@ def test_missing_run_or_snapshot_fails_with_its_name(rows_file, tmp_path):
     rows = yaml.safe_load(rows_file.read_text())
     snapshot = next((tmp_path / "runs" / "fast" / "eval_snapshots").glob("*/metrics.json"))
     checkpoint = json.loads(snapshot.read_text())["checkpoint"]
-    torch.save({"global_step": 1}, checkpoint)
+    torch.save({"state_dict": {}, "global_step": 1}, checkpoint)
     with pytest.raises(ReportError, match="Timer"):
         build_quality_report(rows_file, tmp_path / "q")
     rows[0]["run"] = str(tmp_path / "nowhere")
@@ -127,14 +139,16 @@ def test_training_seconds_from_lightning_timer_or_fit_timer(tmp_path):
     """A checkpoint's training time: Lightning's Timer state, else emseg's older FitTimer's."""
     timer = tmp_path / "timer.ckpt"
     state = {"Timer": {"time_elapsed": {"train": 1234.5, "validate": 10.0, "test": 0.0}}}
-    torch.save({"global_step": 50, "callbacks": state}, timer)
+    _save_checkpoint(timer, 50, state)
     assert checkpoint_progress(timer) == (1234.5, 50)
     both = tmp_path / "both.ckpt"
     state = {"FitTimer": {"seconds": 99.0}, "Timer{'duration': None}": state["Timer"]}
-    torch.save({"global_step": 7, "callbacks": state}, both)
+    _save_checkpoint(both, 7, state)
     assert checkpoint_progress(both) == (1234.5, 7)
     old = tmp_path / "old.ckpt"
-    torch.save({"global_step": 3, "callbacks": {"FitTimer": {"seconds": 99.0}}}, old)
+    torch.save(
+        {"state_dict": {}, "global_step": 3, "callbacks": {"FitTimer": {"seconds": 99.0}}}, old
+    )
     assert checkpoint_progress(old) == (99.0, 3)
 
 
