@@ -187,3 +187,110 @@ def test_checkpoint_reader_and_run_directories(tmp_path):
     best.write_bytes(b"x")
     assert resolve_checkpoint_path(run) == best
     assert resolve_checkpoint_path(tmp_path / "ok.ckpt") == tmp_path / "ok.ckpt"
+
+
+# --- HDF5, Zarr, slice folders -------------------------------------------------------------------
+
+
+def _ome_attrs(scale: list[float]) -> dict:
+    names = ["t", "c", "z", "y", "x"]
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in names]
+    level = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+    return {"multiscales": [{"axes": axes, "datasets": [level]}]}
+
+
+def _write_all_formats(tmp_path, data):
+    """The same volume as TIFF, HDF5, Zarr, OME-Zarr and a PNG slice folder."""
+    import h5py
+    import zarr
+    from PIL import Image
+
+    tifffile.imwrite(tmp_path / "v.tif", data)
+    with h5py.File(tmp_path / "v.h5", "w") as file:
+        file["volumes/raw"] = data
+        file["volumes/raw"].attrs["resolution"] = [40.0, 4.0, 4.0]
+        file["volumes/other"] = np.zeros((2, 3))
+    group = zarr.open_group(tmp_path / "v.zarr", mode="w")
+    group.create_array("raw", shape=data.shape, dtype=data.dtype, chunks=(1, 16, 16))[:] = data
+    ome = zarr.open_group(tmp_path / "ome.zarr", mode="w")
+    ome.create_array("0", shape=(1, 1, *data.shape), dtype=data.dtype)[:] = data[None, None]
+    ome.attrs.update(_ome_attrs([1, 1, 0.05, 0.005, 0.005]))
+    (tmp_path / "slices").mkdir()
+    for z, page in enumerate(data):
+        Image.fromarray(page).save(tmp_path / "slices" / f"s{z * 5}.png")  # s10 after s5
+    return {
+        "tiff": str(tmp_path / "v.tif"),
+        "hdf5": f"{tmp_path / 'v.h5'}:volumes/raw",
+        "zarr": str(tmp_path / "v.zarr" / "raw"),
+        "ome-zarr": str(tmp_path / "ome.zarr"),
+        "folder": str(tmp_path / "slices"),
+        "glob": str(tmp_path / "slices" / "*.png"),
+    }
+
+
+def test_every_format_reads_the_same_volume(tmp_path):
+    data = np.random.default_rng(3).integers(0, 255, (4, 32, 40), dtype=np.uint8)
+    specs = _write_all_formats(tmp_path, data)
+    voxels = {}
+    for name, spec in specs.items():
+        with open_volume(spec) as source:
+            assert source.shape == data.shape and source.dtype == np.uint8, name
+            np.testing.assert_array_equal(source.read(), data, err_msg=name)
+            np.testing.assert_array_equal(
+                source.read(slice(1, 3), slice(5, 9), 7), data[1:3, 5:9, 7]
+            )
+            np.testing.assert_array_equal(source[3], data[3], err_msg=name)
+            voxels[name] = source.voxel_size
+    assert voxels["hdf5"] == pytest.approx((40.0, 4.0, 4.0))
+    assert voxels["ome-zarr"] == pytest.approx((50.0, 5.0, 5.0))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("v.h5:nope", r"no array 'nope'; arrays in the file: volumes/other, volumes/raw"),
+        ("v.h5", r"no array named, and not just one; arrays in the file"),
+        ("v.h5:volumes", r"'volumes' is a group, not an array"),
+        ("missing.h5:raw", r"missing.h5: file not found"),
+        ("v.zarr/nope", r"no array 'nope'; arrays in the file: raw"),
+        ("v.zarr", r"is a group, not an array; arrays in the file: raw"),
+        ("none.zarr/raw", r"none.zarr: Zarr store not found"),
+        ("empty/*.png", r"no slice images"),
+    ],
+)
+def test_store_errors_name_what_exists(tmp_path, spec, message):
+    _write_all_formats(tmp_path, np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(DataError, match=message):
+        open_volume(f"{tmp_path}/{spec}")
+
+
+def test_slice_folders_refuse_mismatched_slices_and_stores_extra_axes(tmp_path):
+    import zarr
+    from PIL import Image
+
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a1.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "mixed" / "a2.png")
+    with open_volume(tmp_path / "mixed") as source:
+        with pytest.raises(DataError, match=r"a2.png: slice \(8, 9\) uint8 differs from the first"):
+            source.read()
+    store = zarr.open_group(tmp_path / "c.zarr", mode="w")
+    store.create_array("two_channels", shape=(2, 3, 8, 8), dtype="uint8")
+    with pytest.raises(DataError, match=r"more than 3 axes of length > 1"):
+        open_volume(tmp_path / "c.zarr" / "two_channels")
+
+
+def test_predict_reads_any_format_the_same(tmp_path, capsys, tiny_checkpoint):
+    """predict.py on the HDF5 / Zarr / slice-folder copies writes the TIFF input's output."""
+    data = np.random.default_rng(5).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    specs = _write_all_formats(tmp_path, data)
+    outputs = {}
+    for name in ("tiff", "hdf5", "zarr", "folder"):
+        out = tmp_path / f"probs_{name}.tif"
+        args = [f"ckpt_path={tiny_checkpoint}", f"input={specs[name]}", f"output={out}"]
+        code, err = run_script("predict.py", [*args, "progress=false"], tmp_path, capsys)
+        assert code == 0, err
+        outputs[name] = tifffile.imread(out)
+    assert outputs["tiff"].shape == data.shape
+    for name in ("hdf5", "zarr", "folder"):
+        np.testing.assert_array_equal(outputs[name], outputs["tiff"], err_msg=name)

@@ -1,23 +1,35 @@
-"""Which class reads or writes a volume, chosen from its path: the one place formats are named.
+"""Which class reads or writes a volume, chosen from its string: the one place formats are named.
 
-A new format (HDF5 ``f.h5:raw``, Zarr ``s.zarr/raw``, a folder of slices) is one
-:class:`~emseg.io.source.VolumeSource` / :class:`~emseg.io.sink.VolumeSink` pair registered in
-:data:`SOURCES` / :data:`SINKS`; training, inference and evaluation only call
+A volume is named by one string wherever a volume is asked for:
+
+* ``vol.tif`` / ``vol.tiff``: a 2D or multi-page TIFF;
+* ``file.h5:path/to/dataset`` (also ``.hdf5``, ``.hdf``; the key may be left out when the file
+  holds one dataset);
+* ``store.zarr/path/to/array`` (Zarr v2 or v3; an OME-Zarr multiscale group means its level 0);
+* ``slices/`` or ``slices/*.png``: a folder or glob of 2D slices, in natural order.
+
+A new format is one :class:`~emseg.io.source.VolumeSource` (and
+:class:`~emseg.io.sink.VolumeSink`) added here; training, inference and evaluation only call
 :func:`open_volume` and :func:`create_sink`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from emseg.errors import DataError, require_file
+from emseg.io.arrays_on_disk import HDF5Source, ZarrSource
 from emseg.io.sink import VolumeSink
+from emseg.io.slices import SliceFolderSource
 from emseg.io.source import VolumeSource, check_dtype
 from emseg.io.tiff import TIFF_SUFFIXES, TiffSink, TiffSource
 
-__all__ = ["SINKS", "SOURCES", "create_sink", "open_volume"]
+__all__ = ["SINKS", "SOURCES", "create_sink", "open_volume", "parse_volume"]
+
+_HDF5 = re.compile(r"^(?P<file>.*\.(?:h5|hdf5|hdf))(?::(?P<key>.*))?$", re.IGNORECASE)
 
 SOURCES: dict[str, type[VolumeSource]] = dict.fromkeys(TIFF_SUFFIXES, TiffSource)
 SINKS: dict[str, type[VolumeSink]] = dict.fromkeys(TIFF_SUFFIXES, TiffSink)
@@ -33,17 +45,50 @@ def _suffix(path: Path, registry: dict, what: str) -> str:
     return suffix
 
 
+def parse_volume(spec: str | Path) -> tuple[str, Path, str]:
+    """``(kind, file, key)`` of a volume string: kind ``hdf5`` | ``zarr`` | ``slices`` | ``file``.
+
+    ``file`` is what must exist on disk (the HDF5 file, the Zarr store, the folder), ``key``
+    the array inside it (empty for the root / the only dataset).
+    """
+    text = str(spec)
+    match = _HDF5.match(text)
+    if match:
+        return "hdf5", Path(match["file"]), (match["key"] or "").strip("/")
+    parts = Path(text).parts
+    for index, part in enumerate(parts):
+        if part.lower().endswith(".zarr"):
+            return "zarr", Path(*parts[: index + 1]), "/".join(parts[index + 1 :])
+    if any(char in text for char in "*?[") or Path(text).is_dir():
+        return "slices", Path(text), ""
+    return "file", Path(text), ""
+
+
+def _open_source(spec: str | Path) -> VolumeSource:
+    kind, path, key = parse_volume(spec)
+    if kind == "slices":
+        return SliceFolderSource(str(spec))
+    if kind == "zarr":
+        if not path.exists():
+            raise DataError(f"{path}: Zarr store not found")
+        return ZarrSource(path, key)
+    require_file(path, DataError)  # a missing file or a directory says so, whatever its name
+    if kind == "hdf5":
+        return HDF5Source(path, key)
+    return SOURCES[_suffix(path, SOURCES, "input")](path)
+
+
 def open_volume(path: str | Path, what: str = "image") -> VolumeSource:
-    """Open a volume lazily and check that it can serve as an ``image`` or a ``mask``.
+    """Open a volume (any string of :func:`parse_volume`) lazily and check that it can serve as
+    an ``image`` or a ``mask``.
 
     Raises:
-        DataError: unsupported format, missing / unreadable file, wrong layout or dtype.
+        DataError: unsupported format, missing / unreadable file or array, wrong layout or
+            dtype.
     """
-    path = Path(path)
-    require_file(path, DataError)  # a missing file or a directory says so, whatever its name
-    source = SOURCES[_suffix(path, SOURCES, "input")](path)
+    source = _open_source(path)
     try:
-        check_dtype(source.dtype, path, what)
+        check_dtype(source.dtype, source.path, what)
     except DataError:
         source.close()
         raise
