@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -13,9 +14,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 from typing_extensions import override
 
+from emseg.errors import ConfigError
 from emseg.report.figures import error_rgb
 
-__all__ = ["EpochSummary", "ValidationImageLogger"]
+__all__ = ["EpochSummary", "StepProgressLog", "ValidationImageLogger"]
 
 log = logging.getLogger(__name__)
 
@@ -128,4 +130,64 @@ class EpochSummary(L.Callback):
             time.perf_counter() - self._epoch_start,
             step,
             text,
+        )
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m`` / ``3m05s`` / ``12s``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class StepProgressLog(L.Callback):
+    """A log line every ``every_n_steps`` training steps: step / total, epoch, loss, s/step, ETA.
+
+    The live progress bar draws nothing when the output is not a terminal (``nohup``, SLURM,
+    CI logs); this line is what such a log shows between epochs. By default it is written only
+    then (``only_without_terminal``), so an interactive run keeps its bar uncluttered.
+
+    Args:
+        every_n_steps: steps between two lines.
+        only_without_terminal: skip the lines when stderr is a terminal.
+    """
+
+    def __init__(self, every_n_steps: int = 50, only_without_terminal: bool = True) -> None:
+        if int(every_n_steps) < 1:
+            raise ConfigError(
+                f"callbacks.step_progress.every_n_steps must be >= 1, got {every_n_steps}"
+            )
+        self.every_n_steps = int(every_n_steps)
+        self.only_without_terminal = bool(only_without_terminal)
+        self._enabled = True
+        self._start = 0.0
+        self._start_step = 0
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._enabled = not (self.only_without_terminal and sys.stderr.isatty())
+        self._start, self._start_step = time.perf_counter(), trainer.global_step
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self._enabled or not trainer.is_global_zero or step % self.every_n_steps:
+            return
+        done = step - self._start_step
+        per_step = (time.perf_counter() - self._start) / max(done, 1)
+        total = trainer.estimated_stepping_batches
+        eta = f", ETA {_duration(per_step * (total - step))}" if total != float("inf") else ""
+        loss = trainer.callback_metrics.get("train/loss_step")
+        shown = f", loss {float(loss):.4f}" if loss is not None else ""
+        log.info(
+            "step %d/%s (epoch %d)%s, %.3f s/step%s",
+            step,
+            total if total != float("inf") else "?",
+            trainer.current_epoch,
+            shown,
+            per_step,
+            eta,
         )

@@ -137,9 +137,16 @@ def launch(main: Callable[[], Any]) -> Any:
 def progress_bar(
     items: Iterable[T], total: int, description: str, enabled: bool = True
 ) -> Iterator[T]:
-    """Yield ``items`` while showing slices done / total, elapsed time and ETA on stderr."""
+    """Yield ``items`` while showing slices done / total, elapsed time and ETA on stderr.
+
+    On a terminal this is a live bar; otherwise (``nohup``, SLURM, CI logs, where a live bar
+    draws nothing) one log line at every tenth of the total.
+    """
     if not enabled:
         yield from items
+        return
+    if not sys.stderr.isatty():
+        yield from _logged_progress(items, total, description)
         return
     from rich.console import Console
     from rich.progress import (
@@ -165,3 +172,26 @@ def progress_bar(
         for item in items:
             yield item
             progress.advance(task)
+
+
+def _logged_progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+    """:func:`progress_bar` for logs: ``<description>: 33/165 slices, 1m02s, ETA 4m08s``."""
+    import logging
+    import time
+
+    log = logging.getLogger("emseg.progress")
+    start = time.perf_counter()
+    step = max(1, total // 10)
+    for done, item in enumerate(items, start=1):
+        yield item
+        if done % step == 0 or done == total:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / done * max(total - done, 0)
+            log.info(
+                "%s: %d/%d slices, %.0f s elapsed, ETA %.0f s",
+                description,
+                done,
+                total,
+                elapsed,
+                eta,
+            )

@@ -1,0 +1,41 @@
+"""Progress written as log lines when the output is not a terminal (nohup, SLURM logs)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from emseg.callbacks import StepProgressLog, _duration
+from emseg.cli import progress_bar
+from emseg.errors import ConfigError
+from emseg.train import run
+
+
+def test_training_logs_a_line_every_n_steps(tiny_cfg, caplog):
+    cfg = tiny_cfg(
+        "callbacks.step_progress.every_n_steps=1",
+        "callbacks.step_progress.only_without_terminal=false",
+        "logger=none",
+        "test_after_fit=false",
+    )
+    with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
+        run(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(" (")[0] for line in lines] == ["step 1/2", "step 2/2"], lines
+    assert "loss " in lines[0] and "s/step" in lines[0] and "ETA" in lines[0]
+
+
+def test_step_progress_rejects_a_zero_interval():
+    with pytest.raises(ConfigError, match="every_n_steps"):
+        StepProgressLog(every_n_steps=0)
+    assert (_duration(3725), _duration(185), _duration(7)) == ("1h02m", "3m05s", "7s")
+
+
+def test_progress_bar_without_a_terminal_logs_tenths(caplog):
+    # pytest captures stderr, so it is not a terminal here: the logged form is used.
+    with caplog.at_level(logging.INFO, logger="emseg.progress"):
+        assert list(progress_bar(range(20), 20, "predict x.tif")) == list(range(20))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10 and lines[0].startswith("predict x.tif: 2/20 slices")
+    assert lines[-1].startswith("predict x.tif: 20/20 slices") and "ETA 0 s" in lines[-1]
