@@ -59,6 +59,16 @@ def _choices() -> dict[str, str]:
     return {}
 
 
+def _data_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+    """The data group's name, unless the command line changed its training files: then the
+    training image's file name (a run on other files must not be recorded as ``epfl``)."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if "data" in choices and not keys & {"data.train_image", "data.train_mask"}:
+        return choices["data"]
+    return Path(str(cfg.data.train_image)).name
+
+
 def _target_name(node: Any) -> str:
     if isinstance(node, DictConfig) and "_target_" in node:
         return str(node._target_).rsplit(".", 1)[-1]
@@ -75,7 +85,7 @@ def run_hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
         "weight_decay": float(cfg.optim.get("weight_decay", 0.0)),
         "l2_last_two": float(cfg.module.l2_last_two),
         "scheduler": choices.get("scheduler", _target_name(cfg.scheduler)),
-        "data": choices.get("data", Path(str(cfg.data.train_mask)).parent.name),
+        "data": _data_name(cfg, choices),
         "patch_size": int(cfg.data.patch_size),
         "batch_size": int(cfg.data.batch_size),
         "context": int(cfg.data.context),

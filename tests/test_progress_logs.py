@@ -1,4 +1,5 @@
-"""Progress written as log lines when the output is not a terminal (nohup, SLURM logs)."""
+"""What a run tells a user who reads only its log and records: progress lines when the output is
+not a terminal (nohup, SLURM logs), and the data it actually used."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def test_progress_bar_without_a_terminal_logs_tenths(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10 and lines[0].startswith("predict x.tif: 2/20 slices")
     assert lines[-1].startswith("predict x.tif: 20/20 slices") and "ETA 0 s" in lines[-1]
+
+
+def test_hparams_name_the_data_actually_used(tiny_cfg):
+    from emseg.records import run_hparams
+
+    cfg = tiny_cfg()
+    assert run_hparams(cfg, "32-true")["data"] == "training.tif"  # outside Hydra: the file
