@@ -21,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware, set_torch_threads
+from emseg.inference.settings import applicable_evaluation
 from emseg.io.atomic import write_json_atomic
 from emseg.io.checkpoint import read_checkpoint
+from emseg.model import build_net, prepare_fine_tuning
 from emseg.module import SegmentationModule
 from emseg.records import log_hparams, record_environment, run_hparams
 from emseg.run_dir import claim_run_dir, finished_metrics
@@ -132,6 +134,23 @@ def _check_distributed(trainer: L.Trainer) -> None:
         )
 
 
+def _resolve_data_settings(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """Replace ``data.mean`` / ``data.std: auto`` and a fractional ``data.val_slices`` in ``cfg``
+    by what they resolve to on the training volume, so that ``config.yaml``, the records and
+    every checkpoint hold numbers."""
+    resolve = getattr(datamodule, "resolved_settings", None)
+    for key, value in (resolve() if resolve is not None else {}).items():
+        cfg.data[key] = value
+
+
+def _run_config(cfg: DictConfig) -> dict:
+    """The resolved config stored in every checkpoint, with only the evaluation settings that
+    were chosen for this run's data (:func:`emseg.inference.settings.applicable_evaluation`)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["evaluation"] = applicable_evaluation(config)
+    return config
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L.Trainer]:
     """Instantiate the data module, the LightningModule and the Trainer from ``cfg``.
 
@@ -139,16 +158,18 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, SegmentationModule, L
     come from their groups, and the resolved config travels into every checkpoint.
     """
     check_config(cfg)
+    source = prepare_fine_tuning(cfg)  # init_from: a checkpoint's weights
     datamodule = instantiate(cfg.data)
+    _resolve_data_settings(cfg, datamodule)
     module = instantiate(
         cfg.module,
         _recursive_=False,  # the parts arrive built; run_config's _target_ keys stay data
         _convert_="all",
-        net=instantiate(cfg.model, in_channels=datamodule.in_channels),
+        net=build_net(cfg, datamodule.in_channels, source),
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optim),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        run_config=_run_config(cfg),
     )
     loggers = _build_loggers(cfg)
     trainer: L.Trainer = instantiate(

@@ -111,3 +111,23 @@ def test_predict_cli_applies_the_checkpoints_settings(tmp_path, tiny_checkpoint,
     ignored = predict("ignored", "checkpoint_settings=false")
     np.testing.assert_array_equal(from_checkpoint, explicit)
     assert np.abs(from_checkpoint - ignored).max() > 1e-3  # the settings changed the output
+
+
+def test_an_experiments_settings_stay_with_the_data_they_were_chosen_on(tmp_path, caplog):
+    """experiment=fast's block names the EPFL training data: another dataset stores none of it."""
+    import logging
+
+    from emseg.inference.settings import applicable_evaluation
+    from emseg.train import _run_config
+    from tests.conftest import compose_train
+
+    data_dir = tmp_path / "data"
+    epfl = compose_train(["experiment=fast"], tmp_path / "a", data_dir)
+    kept = _run_config(epfl)["evaluation"]
+    assert kept["inference"] == {"border_pad": 0} and kept["postprocess"] == {"median_size": 7}
+    other = compose_train(["experiment=fast", "data=lucchipp"], tmp_path / "b", data_dir)
+    with caplog.at_level(logging.WARNING, logger="emseg.inference.settings"):
+        assert _run_config(other)["evaluation"] == {}
+    assert "chosen on" in caplog.text and "lucchipp" in caplog.text
+    own = {"evaluation": {"inference": {"tta": "d4"}}, "data": {"train_image": "x.tif"}}
+    assert applicable_evaluation(own) == {"inference": {"tta": "d4"}}  # no chosen_on: the user's

@@ -25,6 +25,7 @@ from emseg.errors import ConfigError
 
 __all__ = [
     "SETTING_GROUPS",
+    "applicable_evaluation",
     "apply_checkpoint_settings",
     "command_line_overrides",
 ]
@@ -55,6 +56,40 @@ def _flatten(block: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def applicable_evaluation(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``evaluation`` block a training run stores, or ``{}`` when it was chosen elsewhere.
+
+    An experiment's block (``conf/experiment/fast.yaml``) was chosen on one dataset's
+    validation hold-out and names it in ``evaluation.chosen_on`` (``train_image`` /
+    ``train_mask``: the training data it was chosen for). A run that trains on other data
+    must not carry those settings as if they had been chosen for it: the block is dropped
+    (with a warning) and the run's own validation decides (``eval.py split=val``). A block
+    without ``chosen_on`` is the user's own and kept.
+
+    Args:
+        run_config: the resolved training config (``data.train_image``, ``evaluation``).
+    """
+    block = dict(run_config.get("evaluation") or {})
+    chosen_on = dict(block.get("chosen_on") or {})
+    data = run_config.get("data") or {}
+    if all(_same_file(path, data.get(key, "")) for key, path in chosen_on.items()):
+        return block
+    log.warning(
+        "the experiment's evaluation settings were chosen on %s, but this run trains on %s: "
+        "they are not stored in its checkpoints; choose this run's own on its validation "
+        "hold-out (eval.py split=val ...)",
+        " / ".join(map(str, chosen_on.values())),
+        " / ".join(str(data.get(key)) for key in chosen_on),
+    )
+    return {}
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    from pathlib import Path
+
+    return Path(str(a)).resolve() == Path(str(b)).resolve()
 
 
 def apply_checkpoint_settings(
