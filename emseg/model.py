@@ -17,15 +17,31 @@ adapted by smp (``set_in_channels``): for one input channel the RGB filters are 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import segmentation_models_pytorch as smp
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from emseg.errors import WeightsError
+from emseg.errors import ConfigError, WeightsError
 
-__all__ = ["build_unet", "load_encoder_state_dict"]
+if TYPE_CHECKING:
+    from emseg.inference.checkpoint import Checkpoint
+
+__all__ = [
+    "INIT_KEY",
+    "build_net",
+    "build_unet",
+    "check_init_fits",
+    "init_weights",
+    "load_encoder_state_dict",
+    "load_init_checkpoint",
+    "prepare_fine_tuning",
+    "reuse_checkpoint_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +195,230 @@ def imagenet_weights_reachable(encoder_name: str = "vgg16", timeout: float = 3.0
     except OSError:
         return False
     return True
+
+
+# --- Fine-tuning: a new run that starts from an emseg checkpoint's network weights -----------
+
+INIT_KEY = "init_from"
+# Data settings the checkpoint's network was trained with, reused unless the command line sets
+# them (``data.context`` fixes the input channels; ``data.mean`` / ``data.std`` its inputs).
+_REUSED_DATA_KEYS = ("mean", "std", "context")
+# Model keys that only say how a network is initialised, not what it is.
+_INIT_ONLY_MODEL_KEYS = frozenset({"encoder_weights"})
+
+
+def load_init_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint (file or training run directory) a fine-tuning run starts from.
+
+    Read by :func:`emseg.inference.load_checkpoint` (the package's one reader, through
+    :func:`emseg.io.read_checkpoint`); its errors name ``init_from`` instead of ``ckpt_path``.
+
+    Raises:
+        CheckpointError: missing, unreadable, or not written by emseg's ``train.py``.
+    """
+    from emseg.inference.checkpoint import CheckpointError, load_checkpoint
+    from emseg.io.checkpoint import resolve_checkpoint_path
+
+    try:
+        return load_checkpoint(resolve_checkpoint_path(path, label=INIT_KEY))
+    except CheckpointError as err:
+        message = str(err).removeprefix("ckpt_path: ").removeprefix(f"{INIT_KEY}: ")
+        raise CheckpointError(f"{INIT_KEY}: {message}") from err
+
+
+def _explicit_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys (and groups) a Hydra command line sets, ``+``/``++`` prefixes removed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
+
+
+def reuse_checkpoint_data(
+    data_cfg: DictConfig, source: Checkpoint, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """Write the checkpoint's ``data.mean`` / ``data.std`` / ``data.context`` into ``data_cfg``
+    unless the command line sets them; warn where the two disagree.
+
+    A data group choice (``data=mydata``) is the data to fine-tune on, not an override of the
+    normalisation: only the keys themselves (``data.mean=0.5``) override.
+
+    Args:
+        data_cfg: the run's ``data`` config (changed in place).
+        source: the checkpoint the run starts from.
+        overrides: the command line's Hydra overrides (none outside Hydra).
+
+    Returns:
+        The values that replaced the run's config, as ``{"mean": 0.548, ...}``.
+    """
+    pre = source.preprocessing
+    trained = {"mean": pre.mean, "std": pre.std, "context": pre.context}
+    explicit = _explicit_keys(overrides)
+    replaced: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    for key in _REUSED_DATA_KEYS:
+        if key not in data_cfg or data_cfg[key] == trained[key]:
+            continue
+        if f"data.{key}" in explicit:
+            if key != "context":  # a context mismatch is refused by check_init_fits
+                kept[key] = data_cfg[key]
+        else:
+            replaced[key] = data_cfg[key]
+            data_cfg[key] = trained[key]
+
+    def settings(values: Mapping[str, Any]) -> str:
+        return " ".join(f"data.{key}={values[key]}" for key in values)
+
+    if replaced:
+        log.warning(
+            "%s: using the checkpoint's %s instead of this run's config (give %s on the "
+            "command line to keep the config's)",
+            INIT_KEY,
+            settings({key: trained[key] for key in replaced}),
+            settings(replaced),
+        )
+    if kept:
+        log.warning(
+            "%s: the command line's %s differs from the checkpoint's %s, which its network was "
+            "trained with (drop the overrides to reuse the checkpoint's)",
+            INIT_KEY,
+            settings(kept),
+            settings({key: trained[key] for key in kept}),
+        )
+    return {key: trained[key] for key in replaced}
+
+
+def _architecture_differences(
+    trained: Mapping[str, Any], run: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """``model.<key>=<value>`` of the checkpoint and of this run, for every architecture key
+    set in both configs that differs (``encoder_weights`` only initialises, it is left out)."""
+    keys = [k for k in trained if k in run and k not in _INIT_ONLY_MODEL_KEYS]
+    differing = [k for k in keys if trained[k] != run[k]]
+    return (
+        [f"model.{k}={trained[k]}" for k in differing],
+        [f"model.{k}={run[k]}" for k in differing],
+    )
+
+
+def _channels(count: int) -> str:
+    return f"{count} input channel{'' if count == 1 else 's'}"
+
+
+def check_init_fits(
+    source: Checkpoint, model_cfg: Mapping[str, Any], in_channels: int, context: int
+) -> None:
+    """Refuse a checkpoint whose network is not the one this run builds, in one sentence.
+
+    Args:
+        source: the checkpoint the run starts from.
+        model_cfg: this run's resolved ``model`` config.
+        in_channels: this run's input channels (``2 * data.context + 1``).
+        context: this run's ``data.context``.
+
+    Raises:
+        WeightsError: other input channels (2.5D context), model factory, encoder, decoder or
+            number of classes, naming both values.
+    """
+    pre = source.preprocessing
+    problem = ""
+    if pre.in_channels != in_channels:
+        problem = (
+            f"the checkpoint has {_channels(pre.in_channels)} (data.context={pre.context}), "
+            f"this run {in_channels} (data.context={context}); drop the data.context override "
+            "to reuse the checkpoint's"
+        )
+    else:
+        trained, run = _architecture_differences(source.config.get("model") or {}, model_cfg)
+        if trained:
+            problem = (
+                f"the checkpoint has {', '.join(trained)}, this run {', '.join(run)}; fine-tune "
+                "with the checkpoint's model settings"
+            )
+    if problem:
+        raise WeightsError(f"{INIT_KEY}: {source.path} does not fit this run: {problem}")
+
+
+def init_weights(net: nn.Module, source: Checkpoint) -> None:
+    """Copy the checkpoint's network weights (and batch-norm statistics) into ``net``.
+
+    Raises:
+        WeightsError: the state dicts differ in keys or shapes (a model the config check of
+            :func:`check_init_fits` could not tell apart).
+    """
+    try:
+        net.load_state_dict(source.net.state_dict(), strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise WeightsError(
+            f"{INIT_KEY}: {source.path} weights do not fit this run's network: {detail}"
+        ) from err
+    log.info(
+        "%s: network weights from %s (optimizer, schedule and step start afresh)",
+        INIT_KEY,
+        source.path,
+    )
+
+
+def prepare_fine_tuning(
+    cfg: DictConfig, overrides: Sequence[str] | None = None
+) -> Checkpoint | None:
+    """Load ``cfg.init_from`` and fit the run's config to it, before anything is built.
+
+    The checkpoint's normalisation and context replace the run's unless ``overrides`` set
+    them (:func:`reuse_checkpoint_data`); ``model.encoder_weights`` is set to null, since the
+    whole network comes from the checkpoint. Changes ``cfg`` in place, so that the run's
+    records and checkpoints hold what was used.
+
+    Args:
+        cfg: the composed training config (changed in place).
+        overrides: the command line's Hydra overrides; ``None``: this Hydra job's.
+
+    Returns:
+        The checkpoint, or ``None`` without ``init_from``.
+
+    Raises:
+        ConfigError: ``init_from`` together with ``ckpt_path`` (which resumes a run).
+        CheckpointError: see :func:`load_init_checkpoint`.
+    """
+    path = cfg.get(INIT_KEY)
+    if path in (None, ""):
+        return None
+    if cfg.get("ckpt_path") not in (None, ""):
+        raise ConfigError(
+            f"{INIT_KEY}={path} and ckpt_path={cfg.ckpt_path}: give one. ckpt_path resumes a run "
+            f"(weights, optimizer, epoch and step); {INIT_KEY} starts a new run from a "
+            "checkpoint's weights only"
+        )
+    if overrides is None:
+        from emseg.inference.settings import command_line_overrides
+
+        overrides = command_line_overrides()
+    source = load_init_checkpoint(path)
+    reuse_checkpoint_data(cfg.data, source, overrides)
+    if cfg.model.get("encoder_weights") is not None:
+        log.info("%s: model.encoder_weights=%s not loaded", INIT_KEY, cfg.model.encoder_weights)
+        cfg.model.encoder_weights = None
+    return source
+
+
+def build_net(cfg: DictConfig, in_channels: int, source: Checkpoint | None = None) -> nn.Module:
+    """The run's network: ``cfg.model`` instantiated, with ``source``'s weights when fine-tuning.
+
+    Args:
+        cfg: the composed training config (after :func:`prepare_fine_tuning`).
+        in_channels: the data module's input channels.
+        source: the checkpoint of ``init_from``, or ``None``.
+
+    Raises:
+        WeightsError: ``source`` holds another network (:func:`check_init_fits`).
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if source is not None:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        check_init_fits(source, model_cfg, in_channels, cfg.data.get("context", 0))
+    net = instantiate(cfg.model, in_channels=in_channels)
+    if source is not None:
+        init_weights(net, source)
+    return net
