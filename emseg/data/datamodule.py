@@ -2,12 +2,15 @@
 
 The validation set is a z-contiguous block at the end of the training volume: neighbouring
 slices are nearly identical (median Dice 0.96 between consecutive masks), so a random slice
-hold-out would leak the training data into validation.
+hold-out would leak the training data into validation. ``val_slices`` is a number of slices or
+a fraction of the training depth; ``mean`` / ``std: auto`` are measured on the training slices
+(never the hold-out) by :func:`emseg.data.normalization.sample_statistics`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +21,24 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
+from emseg.data.normalization import AUTO, check_statistic, sample_statistics
 from emseg.errors import ConfigError, DataError
-from emseg.io import read_pair
+from emseg.io import open_volume, read_pair
 
 __all__ = ["EMDataModule"]
 
 log = logging.getLogger(__name__)
+
+
+def _check_val_slices(value: object) -> None:
+    """Check ``data.val_slices``: a positive integer or a fraction in (0, 1) (else ConfigError)."""
+    integer = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    fraction = isinstance(value, float) and 0.0 < value < 1.0
+    if not (integer or fraction):
+        raise ConfigError(
+            "data.val_slices must be a positive integer or a fraction in (0, 1) of the "
+            f"training volume's depth, got {value!r}"
+        )
 
 
 class EMDataModule(L.LightningDataModule):
@@ -32,7 +47,9 @@ class EMDataModule(L.LightningDataModule):
     Args:
         train_image, train_mask: TIFF paths of the training volume and its mask.
         test_image, test_mask: TIFF paths of the test volume and its mask.
-        val_slices: number of slices at the end of the training volume held out for validation.
+        val_slices: slices at the end of the training volume held out for validation: a
+            positive integer, or a fraction in (0, 1) of the training depth (rounded half up,
+            at least 1 slice, at least 1 slice left for training).
         patch_size: side of the square training patches.
         batch_size: training patches per batch on each device: under DDP every process draws
             its own batches, so one optimizer step sees ``batch_size x devices x num_nodes``
@@ -44,7 +61,8 @@ class EMDataModule(L.LightningDataModule):
             an epoch has the same number of steps on any number of devices.
         fg_fraction: share of patches centred on mitochondria.
         context: adjacent slices per side given as extra channels (2.5D); 0 for 2D.
-        mean, std: intensity normalisation of the [0, 1]-scaled images.
+        mean, std: intensity normalisation of the [0, 1]-scaled images, or ``"auto"``: measured
+            on the training slices (:meth:`resolve_normalization`, called by :meth:`setup`).
         num_workers: DataLoader worker processes for training patches.
         val_batch_size: whole slices per validation/test batch.
         train_transform: joint v2 augmentation (see :mod:`emseg.data.transforms`).
@@ -62,14 +80,14 @@ class EMDataModule(L.LightningDataModule):
         train_mask: str,
         test_image: str,
         test_mask: str,
-        val_slices: int = 16,
+        val_slices: int | float = 16,
         patch_size: int = 256,
         batch_size: int = 4,
         samples_per_epoch: int = 4000,
         fg_fraction: float = 0.5,
         context: int = 0,
-        mean: float = 0.548,
-        std: float = 0.119,
+        mean: float | str = 0.548,
+        std: float | str = 0.119,
         num_workers: int = 2,
         val_batch_size: int = 1,
         train_transform: Callable | None = None,
@@ -79,18 +97,20 @@ class EMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         for name, value in {
-            "val_slices": val_slices,
             "patch_size": patch_size,
             "batch_size": batch_size,
             "samples_per_epoch": samples_per_epoch,
             "val_batch_size": val_batch_size,
-            "std": std,
         }.items():
-            kind = (int, float) if name == "std" else int
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 per_device = " (per device)" if name.endswith("batch_size") else ""
-                what = "positive" if name == "std" else "a positive integer"
-                raise ConfigError(f"data.{name}{per_device} must be {what}, got {value!r}")
+                raise ConfigError(
+                    f"data.{name}{per_device} must be a positive integer, got {value!r}"
+                )
+        _check_val_slices(val_slices)
+        # Resolved statistics; None while "auto" has not been measured yet.
+        self.mean = check_statistic("data.mean", mean)
+        self.std = check_statistic("data.std", std)
         if not isinstance(fg_fraction, int | float) or not 0.0 <= fg_fraction <= 1.0:
             raise ConfigError(f"data.fg_fraction must be in [0, 1], got {fg_fraction!r}")
         for name, value in {"context": context, "num_workers": num_workers}.items():
@@ -114,29 +134,100 @@ class EMDataModule(L.LightningDataModule):
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
 
+    def held_out(self, depth: int) -> int:
+        """Validation slices of a training volume of ``depth`` slices (``val_slices`` resolved).
+
+        Raises:
+            ConfigError: no training slice would be left.
+        """
+        val_slices = self.hparams.val_slices
+        count = val_slices if isinstance(val_slices, int) else math.floor(val_slices * depth + 0.5)
+        count = max(1, count)
+        if count >= depth:
+            raise ConfigError(
+                f"data.val_slices={val_slices} leaves no training slices in "
+                f"{self.hparams.train_image} ({depth} slices)"
+            )
+        return count
+
+    def resolve_normalization(self, image: np.ndarray | None = None) -> tuple[float, float]:
+        """``(mean, std)``, measuring those set to ``auto`` on the training slices (once).
+
+        Args:
+            image: the loaded ``(Z, Y, X)`` training volume; ``None`` opens the file lazily
+                and reads only the sampled slices. Either way the hold-out is left out.
+
+        Raises:
+            DataError: ``std: auto`` on training slices of constant intensity.
+        """
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        hp = self.hparams
+        if image is None:
+            with open_volume(hp.train_image, "image") as source:
+                split = len(source) - self.held_out(len(source))
+                stats = sample_statistics(source.z_range(0, split))
+        else:
+            split = len(image) - self.held_out(len(image))
+            stats = sample_statistics(image[:split])
+        origin = (
+            f"from {stats.voxels} {'' if stats.exact else 'sampled '}voxels of {stats.slices} "
+            f"slices of {Path(hp.train_image).name}, training slices 0-{split - 1}"
+        )
+        if self.std is None and not stats.std > 0:
+            raise DataError(
+                f"data.std={AUTO}: the training slices of {hp.train_image} have constant "
+                f"intensity (std 0 {origin}); set data.std to a positive number"
+            )
+        for key, value in (("mean", stats.mean), ("std", stats.std)):
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+                log.info("data.%s=%s -> %.6f (%s)", key, AUTO, value, origin)
+        return self.mean, self.std
+
+    def resolved_settings(self) -> dict[str, int | float]:
+        """The keys given relative to the data, as the numbers they stand for.
+
+        ``mean`` / ``std: auto`` become the measured statistics and a fractional
+        ``val_slices`` the number of held-out slices, so that a run config holding these
+        values describes the run without the data (``eval.py split=val`` reads the count).
+        Keys given as numbers are left out; without such keys nothing is read.
+        """
+        hp = self.hparams
+        settings: dict[str, int | float] = {}
+        if isinstance(hp.val_slices, float):
+            with open_volume(hp.train_image, "image") as source:
+                settings["val_slices"] = self.held_out(len(source))
+        auto = [key for key in ("mean", "std") if getattr(self, key) is None]
+        if auto:
+            self.resolve_normalization()
+            settings.update({key: getattr(self, key) for key in auto})
+        return settings
+
     def setup(self, stage: str | None = None) -> None:
-        """Load volumes once (idempotent): training/validation for fit, the test volume for test."""
+        """Load volumes once (idempotent): training/validation for fit, the test volume for test.
+
+        ``auto`` statistics are measured here if :meth:`resolve_normalization` has not run yet.
+        """
         hp = self.hparams
         if stage in (None, "fit", "validate") and self.train_set is None:
             image, mask = read_pair(hp.train_image, hp.train_mask)
             depth = image.shape[0]
-            if hp.val_slices >= depth:
-                raise ConfigError(
-                    f"data.val_slices={hp.val_slices} leaves no training slices in "
-                    f"{hp.train_image} ({depth} slices)"
-                )
+            val_slices = self.held_out(depth)
+            self.resolve_normalization(image)
             if hp.patch_size > min(image.shape[1:]):
                 raise ConfigError(
                     f"data.patch_size={hp.patch_size} is larger than the slices of "
                     f"{hp.train_image} ({image.shape[1]}x{image.shape[2]})"
                 )
             world_size, _ = self._world()
-            if hp.val_slices < world_size:
+            if val_slices < world_size:
+                count = "" if val_slices == hp.val_slices else f" ({val_slices} slices)"
                 raise ConfigError(
-                    f"data.val_slices={hp.val_slices} is smaller than the {world_size} DDP "
+                    f"data.val_slices={hp.val_slices}{count} is smaller than the {world_size} DDP "
                     "processes: every process needs at least one validation slice"
                 )
-            split = depth - hp.val_slices
+            split = depth - val_slices
             train_img, train_msk = image[:split], mask[:split]
             if not train_msk.any():
                 log.warning("training mask %s has no foreground voxels", hp.train_mask)
@@ -147,8 +238,8 @@ class EMDataModule(L.LightningDataModule):
                 length=hp.samples_per_epoch * world_size,
                 fg_fraction=hp.fg_fraction,
                 context=hp.context,
-                mean=hp.mean,
-                std=hp.std,
+                mean=self.mean,
+                std=self.std,
                 transform=self.train_transform,
                 seed=hp.seed,
             )
@@ -161,11 +252,11 @@ class EMDataModule(L.LightningDataModule):
                 depth - 1,
             )
         if stage in (None, "test") and self.test_set is None:
+            self.resolve_normalization()
             self.test_set = self._slices(*read_pair(hp.test_image, hp.test_mask))
 
     def _slices(self, image: np.ndarray, mask: np.ndarray) -> SliceDataset:
-        hp = self.hparams
-        return SliceDataset(image, mask, context=hp.context, mean=hp.mean, std=hp.std)
+        return SliceDataset(image, mask, context=self.hparams.context, mean=self.mean, std=self.std)
 
     def _eval_sampler(self, dataset: Dataset) -> DistributedSampler | None:
         """Under DDP, every ``world_size``-th slice per process and no slice twice.
