@@ -33,6 +33,7 @@ from emseg.hardware import describe_hardware
 from emseg.inference import InferencePipeline, build_pipeline
 from emseg.io import VolumeSink, create_sink, open_volume, read_mask, write_json_atomic
 from emseg.io.encoding import probabilities_as
+from emseg.io.formats import parse_volume
 from emseg.io.source import ZRange
 from emseg.run_dir import finished_metrics
 from emseg.volume_scores import METRIC_KEYS, VolumeScores, evaluate_volume
@@ -68,8 +69,8 @@ def _test_paths(cfg: DictConfig, ckpt_config: dict[str, Any]) -> tuple[Path, Pat
     if _data_overridden():
         return configured
     data = ckpt_config.get("data", {})
-    trained = Path(str(data.get("test_image", ""))), Path(str(data.get("test_mask", "")))
-    if all(str(p) not in ("", ".") and p.is_file() for p in trained):
+    trained = Path(str(data.get("test_image") or "")), Path(str(data.get("test_mask") or ""))
+    if all(str(p) not in ("", ".") and parse_volume(p)[1].exists() for p in trained):
         return trained
     log.warning(
         "the checkpoint's test volume %s / %s is not available; evaluating %s / %s",

@@ -254,7 +254,9 @@ def _fit_and_record(
     process_seconds = time.perf_counter() - start
 
     metrics = _final_metrics(trainer, process_seconds)
-    if cfg.get("test_after_fit"):
+    if cfg.get("test_after_fit") and not datamodule.has_test_volume:
+        log.info("test_after_fit: no test volume (data.test_image / test_mask): skipped")
+    elif cfg.get("test_after_fit"):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)

@@ -86,11 +86,17 @@ def test_scheduler_instantiates(tiny_cfg, name):
 
 
 @pytest.mark.parametrize("name", options("data"))
-def test_data_instantiates(tiny_cfg, name):
-    datamodule = instantiate(tiny_cfg(f"data={name}").data)
+def test_data_instantiates(tiny_cfg, name, synthetic_data_dir):
+    # The template (data=custom) names no files: the synthetic volume stands in for the user's.
+    files = [
+        f"data.{key}={synthetic_data_dir}/epfl/{stem}.tif"
+        for key, stem in (("train_image", "training"), ("train_mask", "training_groundtruth"))
+    ]
+    cfg = tiny_cfg(f"data={name}", *(files if name == "custom" else []))
+    datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     image, mask = datamodule.train_set[0]
-    assert image.shape == (1, 64, 64) and mask.shape == (1, 64, 64)
+    assert image.shape == (datamodule.in_channels, 64, 64) and mask.shape == (1, 64, 64)
 
 
 def test_lucchipp_uses_its_own_masks(tiny_cfg):

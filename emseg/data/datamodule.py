@@ -45,8 +45,11 @@ class EMDataModule(L.LightningDataModule):
     """Random patches from the training volume; whole slices for validation and test.
 
     Args:
-        train_image, train_mask: TIFF paths of the training volume and its mask.
-        test_image, test_mask: TIFF paths of the test volume and its mask.
+        train_image, train_mask: the training volume and its mask (any volume string of
+            :func:`emseg.io.open_volume`: TIFF, ``file.h5:dataset``, ``store.zarr/array``, a
+            folder or glob of slices).
+        test_image, test_mask: the labelled test volume and its mask, or ``None`` when there
+            is none (then ``test_after_fit`` is skipped; validation still scores the run).
         val_slices: slices at the end of the training volume held out for validation: a
             positive integer, or a fraction in (0, 1) of the training depth (rounded half up,
             at least 1 slice, at least 1 slice left for training).
@@ -78,8 +81,8 @@ class EMDataModule(L.LightningDataModule):
         self,
         train_image: str,
         train_mask: str,
-        test_image: str,
-        test_mask: str,
+        test_image: str | None = None,
+        test_mask: str | None = None,
         val_slices: int | float = 16,
         patch_size: int = 256,
         batch_size: int = 4,
@@ -121,6 +124,11 @@ class EMDataModule(L.LightningDataModule):
         self.train_set: RandomPatchDataset | None = None
         self.val_set: SliceDataset | None = None
         self.test_set: SliceDataset | None = None
+
+    @property
+    def has_test_volume(self) -> bool:
+        """Whether a labelled test volume was given (``data.test_image`` and ``test_mask``)."""
+        return bool(self.hparams.test_image) and bool(self.hparams.test_mask)
 
     @property
     def in_channels(self) -> int:
@@ -251,7 +259,7 @@ class EMDataModule(L.LightningDataModule):
                 split,
                 depth - 1,
             )
-        if stage in (None, "test") and self.test_set is None:
+        if stage in (None, "test") and self.test_set is None and self.has_test_volume:
             self.resolve_normalization()
             self.test_set = self._slices(*read_pair(hp.test_image, hp.test_mask))
 
