@@ -50,8 +50,9 @@ FAULTS: dict[str, Fault] = {
     "train missing file": Fault(
         TRAIN[0], (*TRAIN[1:], "data.train_image={bad}/missing.tif"), r"missing.tif: file not found"
     ),
+    # A directory is a folder of 2D slices: this one holds broken files, the first is refused.
     "train directory": Fault(
-        TRAIN[0], (*TRAIN[1:], "data.train_image={bad}"), r"is a directory, expected a file"
+        TRAIN[0], (*TRAIN[1:], "data.train_image={bad}"), r"faulty\d+/\S+: (a slice|not a readable)"
     ),
     "train empty file": Fault(
         TRAIN[0], (*TRAIN[1:], "data.train_image={bad}/empty.tif"), r"empty.tif: file is empty"
