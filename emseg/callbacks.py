@@ -146,6 +146,9 @@ def _duration(seconds: float) -> str:
 class StepProgressLog(L.Callback):
     """A log line every ``every_n_steps`` training steps: step / total, epoch, loss, s/step, ETA.
 
+    s/step is the wall time since training started divided by the steps since then
+    (validation included), so the ETA is that of the whole run.
+
     The live progress bar draws nothing when the output is not a terminal (``nohup``, SLURM,
     CI logs); this line is what such a log shows between epochs. By default it is written only
     then (``only_without_terminal``), so an interactive run keeps its bar uncluttered.

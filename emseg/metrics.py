@@ -101,8 +101,8 @@ class ThresholdSweep(Metric):
 
     Why not torchmetrics' ``BinaryPrecisionRecallCurve(thresholds=...)``, which holds the same
     information: above 50 000 pixels its update makes one pass over the pixels per threshold
-    (91 here), tens of times slower per EM slice than one ``bucketize`` + two ``bincount``s,
-    which would make the threshold report the slowest step of ``eval.py``.
+    (91 here), several times slower per EM slice than one ``bucketize`` + two ``bincount``s
+    (measured: experiments/2026-12-01_redesign/README.md).
 
     Args:
         thresholds: increasing thresholds in (0, 1); default 0.05, 0.06, ..., 0.95.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,10 +136,6 @@ def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> Inf
     threshold = check_threshold(cfg.get("threshold", 0.5))
     _settings(cfg)  # validate what the command line gave before any slow work
     checkpoint = checkpoint or load_checkpoint(cfg.ckpt_path)
-    applied = apply_checkpoint_settings(cfg, _mapping(checkpoint.config), command_line_overrides())
+    applied = apply_checkpoint_settings(cfg, checkpoint.config, command_line_overrides())
     window, post = _settings(cfg)
     return InferencePipeline(checkpoint, window, post, threshold, applied)
-
-
-def _mapping(config: Any) -> Mapping[str, Any]:
-    return config if isinstance(config, Mapping) else {}
