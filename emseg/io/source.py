@@ -22,6 +22,7 @@ from emseg.errors import DataError
 
 __all__ = [
     "IMAGE_DTYPES",
+    "LABEL_DTYPES",
     "MASK_DTYPES",
     "VolumeSource",
     "ZRange",
@@ -34,14 +35,30 @@ __all__ = [
 IMAGE_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 # Binary masks: {0, 1} or {0, 255} in uint8, or bool.
 MASK_DTYPES = (np.uint8, np.bool_)
+# Labels: masks, or instance label images (integer ids; emseg.data.labels converts them).
+LABEL_DTYPES = (
+    np.bool_,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+)
 Index = int | slice
 
 
 def check_dtype(dtype: np.dtype, path: Path, what: str = "image") -> None:
-    """Raise :class:`DataError` unless ``dtype`` suits an ``image`` or a ``mask``."""
-    allowed = IMAGE_DTYPES if what == "image" else MASK_DTYPES
+    """Raise :class:`DataError` unless ``dtype`` suits an ``image``, a ``mask`` or ``labels``."""
+    allowed = {"image": IMAGE_DTYPES, "mask": MASK_DTYPES, "labels": LABEL_DTYPES}[what]
     if np.dtype(dtype).type not in allowed:
-        expected = "uint8, uint16 or float" if what == "image" else "uint8 or bool"
+        expected = {
+            "image": "uint8, uint16 or float",
+            "mask": "uint8 or bool",
+            "labels": "bool or integers (a mask or instance ids)",
+        }[what]
         raise DataError(f"{path}: unsupported {what} dtype {np.dtype(dtype)}; expected {expected}")
 
 
