@@ -3,8 +3,10 @@
 Both operations stream over Z so they can follow :class:`~emseg.inference.VolumePredictor`
 on volumes that do not fit in memory, and both give exactly the whole-volume result:
 
-* :func:`median_filter_slices`: a ``size^3`` median over the probabilities (volume borders
-  extended by their nearest value, like ``scipy.ndimage.median_filter(mode="nearest")``);
+* :func:`median_filter_slices`: a ``(size_z, size_y, size_x)`` median over the probabilities
+  (volume borders extended by their nearest value, like
+  ``scipy.ndimage.median_filter(mode="nearest")``); :func:`median_voxels` turns an extent in
+  nanometres into such a footprint for a voxel size, so anisotropic data gets fewer slices;
 * :func:`remove_small_components`: drop 3D connected components of a binary mask smaller than
   ``min_size`` voxels. Two passes over the slices: the first labels each slice in 2D and links
   labels that touch across neighbouring slices (a graph whose connected components are the 3D
@@ -14,9 +16,11 @@ on volumes that do not fit in memory, and both give exactly the whole-volume res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -25,12 +29,85 @@ from scipy.sparse import csgraph
 from emseg.errors import ConfigError
 
 __all__ = [
+    "Footprint",
     "PostprocessSettings",
     "median_filter_slices",
     "median_filter_volume",
+    "median_voxels",
     "remove_small_components",
     "remove_small_components_slices",
 ]
+
+
+# A median footprint in voxels per axis, (Z, Y, X): odd sides; (1, 1, 1) = off.
+Footprint = tuple[int, int, int]
+OFF: Footprint = (1, 1, 1)
+
+
+def _is_list(value: Any) -> bool:
+    """Whether a setting is given per axis (a list / tuple / ListConfig), not as one number."""
+    return isinstance(value, Iterable) and not isinstance(value, str | bytes)
+
+
+def _per_axis(value: Any, key: str, kind: type) -> tuple:
+    """A scalar or a ``[z, y, x]`` list as a 3-tuple of ``kind``."""
+    items = list(value) if _is_list(value) else [value] * 3
+    if len(items) != 3:
+        raise ConfigError(f"{key} must be one number or three (z, y, x), got {value!r}")
+    try:
+        return tuple(kind(v) for v in items)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key} must be numbers, got {value!r}") from err
+
+
+def median_voxels(extent_nm: Any, voxel_size: Sequence[float] | None) -> Footprint:
+    """The median footprint in voxels of an extent in nanometres.
+
+    Args:
+        extent_nm: the filter's full extent in nm, one number (the same on every axis) or
+            ``(z, y, x)``.
+        voxel_size: ``(z, y, x)`` nm per voxel.
+
+    Returns:
+        Per axis the odd number of voxels nearest to ``extent / voxel size`` (ties round up),
+        at least 1: ``median_voxels(35, (50, 5, 5)) == (1, 7, 7)``.
+
+    Raises:
+        ConfigError: no voxel size, or a non-positive extent / voxel size.
+    """
+    if extent_nm is None:
+        raise ConfigError("postprocess.median_nm is not set")
+    extent = _per_axis(extent_nm, "postprocess.median_nm", float)
+    if not all(math.isfinite(e) and e > 0 for e in extent):
+        raise ConfigError(f"postprocess.median_nm must be positive nanometres, got {extent_nm!r}")
+    if voxel_size is None:
+        raise ConfigError(
+            "postprocess.median_nm is an extent in nanometres, but no voxel size is known: "
+            "neither the checkpoint's data.voxel_size nor the input volume records one; "
+            "train with data.voxel_size=[z,y,x] or give postprocess.median_size (voxels)"
+        )
+    voxel = _per_axis(voxel_size, "voxel_size", float)
+    if not all(math.isfinite(v) and v > 0 for v in voxel):
+        raise ConfigError(f"voxel size must be positive nanometres, got {voxel_size!r}")
+    sides = (2 * math.floor(e / v / 2) + 1 for e, v in zip(extent, voxel, strict=True))
+    return tuple(max(1, side) for side in sides)  # type: ignore[return-value]
+
+
+def footprint_of(size: int | Sequence[int]) -> Footprint:
+    """``median_size`` as a per-axis footprint: ``n`` -> ``(n, n, n)``, ``0`` / ``1`` -> off.
+
+    Raises:
+        ConfigError: an even side, or a negative one.
+    """
+    sides = _per_axis(size, "postprocess.median_size", int)
+    if not _is_list(size) and sides[0] == 0:
+        return OFF
+    if any(side < 1 or side % 2 == 0 for side in sides):
+        raise ConfigError(
+            "postprocess.median_size must be 0 (off), an odd window side or three odd sides "
+            f"[z, y, x], got {size!r}"
+        )
+    return sides  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -38,21 +115,35 @@ class PostprocessSettings:
     """Post-processing of the probabilities (``conf/postprocess``; defaults: everything off).
 
     Attributes:
-        median_size: side of a 3D median filter over the probabilities: 0 = off, else odd.
+        median_size: a 3D median filter over the probabilities, in voxels: 0 = off, an odd
+            side (``n x n x n``, for isotropic data) or three odd sides ``[z, y, x]``.
         min_size: remove 3D connected components of the binary mask smaller than this many
             voxels (0 = off).
         connectivity: neighbourhood of those components: 1 = 6 face neighbours, 2 = 18, 3 = 26.
+        median_nm: the median's extent in nanometres instead (one number or ``[z, y, x]``),
+            turned into odd voxel counts per axis with the voxel size (:func:`median_voxels`);
+            ``None`` = use ``median_size``. Only one of the two may be set.
     """
 
-    median_size: int = 0
+    median_size: int | Sequence[int] = 0
     min_size: int = 0
     connectivity: int = 1
+    median_nm: float | Sequence[float] | None = None
 
     def __post_init__(self) -> None:
-        size = int(self.median_size)
-        if size < 0 or (size > 1 and size % 2 == 0):
-            raise ConfigError(
-                f"postprocess.median_size must be 0 (off) or an odd window side, got {size}"
+        footprint_of(self.median_size)  # validates
+        if _is_list(self.median_size):
+            object.__setattr__(self, "median_size", [int(v) for v in self.median_size])
+        if self.median_nm is not None:
+            median_voxels(self.median_nm, (1.0, 1.0, 1.0))  # validates the extent
+            if footprint_of(self.median_size) != OFF:
+                raise ConfigError(
+                    "postprocess.median_size and postprocess.median_nm both give the median "
+                    "filter: set one of them (the other to 0 / null)"
+                )
+            nm = self.median_nm
+            object.__setattr__(
+                self, "median_nm", [float(v) for v in nm] if _is_list(nm) else float(nm)
             )
         if int(self.min_size) < 0:
             raise ConfigError(f"postprocess.min_size must be >= 0 voxels, got {self.min_size}")
@@ -61,31 +152,51 @@ class PostprocessSettings:
                 f"postprocess.connectivity must be 1, 2 or 3, got {self.connectivity}"
             )
 
-    def as_dict(self) -> dict[str, int]:
-        """The settings as plain integers (for metrics.json)."""
-        return {key: int(value) for key, value in asdict(self).items()}
+    def footprint(self, voxel_size: Sequence[float] | None = None) -> Footprint:
+        """The median's ``(Z, Y, X)`` footprint in voxels; ``voxel_size`` (nm, ZYX) is needed
+        only for ``median_nm`` (:class:`ConfigError` without it)."""
+        if self.median_nm is not None:
+            return median_voxels(self.median_nm, voxel_size)
+        return footprint_of(self.median_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (for metrics.json)."""
+        size = self.median_size
+        return {
+            "median_size": list(size) if isinstance(size, list) else int(size),
+            "min_size": int(self.min_size),
+            "connectivity": int(self.connectivity),
+            "median_nm": self.median_nm,
+        }
 
 
 def median_filter_slices(
-    slices: Iterable[np.ndarray], size: int = 3, threads: int = 1
+    slices: Iterable[np.ndarray], size: int | Sequence[int] = 3, threads: int = 1
 ) -> Iterator[np.ndarray]:
-    """Stream a ``size x size x size`` median filter over ``(Y, X)`` slices in z order.
+    """Stream a 3D median filter over ``(Y, X)`` slices in z order.
 
     Args:
         slices: float ``(Y, X)`` probability slices, all of one shape.
-        size: odd window side; ``size <= 1`` passes the slices through unchanged.
+        size: odd window side (``size x size x size``) or odd sides ``(z, y, x)``; a footprint
+            of one voxel (``size <= 1``) passes the slices through unchanged.
         threads: blocks of rows filtered in parallel (eval.py / predict.py pass torch's
             intra-op thread count).
 
     Yields:
-        The filtered slices (float32), one per input slice. At most ``size`` slices are held.
+        The filtered slices (float32), one per input slice, equal to
+        ``scipy.ndimage.median_filter(volume, size, mode="nearest")``. At most ``size_z``
+        slices are held.
     """
-    if size <= 1:
+    if not _is_list(size) and int(size) <= 1:
+        size = OFF
+    try:
+        footprint = footprint_of(size)
+    except ConfigError as err:
+        raise ValueError(f"median size must be odd, got {size}") from err
+    if footprint == OFF:
         yield from slices
         return
-    if size % 2 == 0:
-        raise ValueError(f"median size must be odd, got {size}")
-    radius = size // 2
+    radius = footprint[0] // 2
     held: dict[int, np.ndarray] = {}
     done = 0  # slices emitted so far = the next centre
     count = 0
@@ -93,11 +204,11 @@ def median_filter_slices(
         held[z] = item
         count = z + 1
         while done + radius <= z:  # the next centre has all its neighbours
-            yield _median_centre(held, done, radius, None, threads)
+            yield _median_centre(held, done, footprint, None, threads)
             done += 1
             held.pop(done - radius - 1, None)
     while done < count:  # the last centres see the last slice repeated
-        yield _median_centre(held, done, radius, count - 1, threads)
+        yield _median_centre(held, done, footprint, count - 1, threads)
         done += 1
 
 
@@ -106,31 +217,36 @@ MEDIAN_BLOCK_ELEMENTS = 2**24
 
 
 def _median_centre(
-    held: dict[int, np.ndarray], centre: int, radius: int, last: int | None, threads: int = 1
+    held: dict[int, np.ndarray],
+    centre: int,
+    footprint: Footprint,
+    last: int | None,
+    threads: int = 1,
 ) -> np.ndarray:
     """The filtered slice ``centre``; neighbours beyond the ends repeat the end slices."""
-    high = centre + radius if last is None else last
-    indices = np.clip(np.arange(centre - radius, centre + radius + 1), 0, high)
+    rz, ry, rx = (side // 2 for side in footprint)
+    high = centre + rz if last is None else last
+    indices = np.clip(np.arange(centre - rz, centre + rz + 1), 0, high)
     stack = np.stack([held[int(i)] for i in indices]).astype(np.float32, copy=False)
-    size = 2 * radius + 1
-    padded = np.pad(stack, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
+    padded = np.pad(stack, ((0, 0), (ry, ry), (rx, rx)), mode="edge")
     height, width = stack.shape[1:]
     out = np.empty((height, width), np.float32)
-    # The median of the size^3 shifted copies, a few rows at a time (MEDIAN_BLOCK_ELEMENTS):
-    # faster than scipy.ndimage.median_filter on the stack, which would filter every slice of
-    # it, not only the centre. np.partition releases the GIL, so blocks of rows run on
-    # ``threads`` threads (timings: experiments/quality/README.md).
-    rows = max(1, MEDIAN_BLOCK_ELEMENTS // (size**3 * width))
+    # The median of the size_z * size_y * size_x shifted copies (an odd count), a few rows at
+    # a time (MEDIAN_BLOCK_ELEMENTS): faster than scipy.ndimage.median_filter on the stack,
+    # which would filter every slice of it, not only the centre. np.partition releases the
+    # GIL, so blocks of rows run on ``threads`` threads (timings: experiments/quality/README.md).
+    count = int(np.prod(footprint))
+    rows = max(1, MEDIAN_BLOCK_ELEMENTS // (count * width))
 
     def median_of_rows(y0: int) -> None:
         y1 = min(height, y0 + rows)
         shifted = [
             padded[z, y0 + dy : y1 + dy, dx : dx + width]
-            for z in range(size)
-            for dy in range(size)
-            for dx in range(size)
+            for z in range(footprint[0])
+            for dy in range(footprint[1])
+            for dx in range(footprint[2])
         ]
-        out[y0:y1] = np.partition(np.stack(shifted), size**3 // 2, axis=0)[size**3 // 2]
+        out[y0:y1] = np.partition(np.stack(shifted), count // 2, axis=0)[count // 2]
 
     starts = range(0, height, rows)
     workers = min(len(starts), max(1, int(threads)))
@@ -143,7 +259,9 @@ def _median_centre(
     return out
 
 
-def median_filter_volume(volume: np.ndarray, size: int = 3, threads: int = 1) -> np.ndarray:
+def median_filter_volume(
+    volume: np.ndarray, size: int | Sequence[int] = 3, threads: int = 1
+) -> np.ndarray:
     """Whole-volume version of :func:`median_filter_slices` for a ``(Z, Y, X)`` array."""
     return np.stack(list(median_filter_slices(iter(volume), size, threads)))
 

@@ -8,7 +8,8 @@
    (``conf/inference`` -> :class:`~emseg.inference.WindowSettings`, ``conf/postprocess`` ->
    :class:`~emseg.postprocess.PostprocessSettings`);
 2. :meth:`InferencePipeline.probabilities` streams a ``(Z, Y, X)`` source through
-   sliding-window inference and the streaming 3D median filter.
+   sliding-window inference and the streaming 3D median filter (its footprint in voxels per
+   axis; an extent in nm, ``postprocess.median_nm``, is converted with :func:`voxel_size_of`).
 
 What happens to the probabilities afterwards (scoring, writing, thresholding, removing small
 components) is the caller's.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from emseg.inference.volume_predictor import SliceSource, VolumePredictor
 from emseg.inference.window import WindowSettings
 from emseg.postprocess import PostprocessSettings, median_filter_slices
 
-__all__ = ["InferencePipeline", "build_pipeline", "check_threshold"]
+__all__ = ["InferencePipeline", "build_pipeline", "check_threshold", "voxel_size_of"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,30 @@ def check_threshold(threshold: Any) -> float:
     if not 0.0 < value < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
     return value
+
+
+def voxel_size_of(
+    run_config: Mapping[str, Any], slices: object | None = None
+) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size in nm that post-processing footprints are measured in.
+
+    The checkpoint's training data (``data.voxel_size`` of its run config: the model was trained
+    at it) first, else what the volume being predicted records (``slices.voxel_size``, or its
+    ``source``'s for a z-range view), else ``None``.
+    """
+    data = run_config.get("data") or {}
+    configured = data.get("voxel_size") if isinstance(data, Mapping) else None
+    found = configured
+    if found is None:
+        found = getattr(slices, "voxel_size", None)
+    if found is None:
+        found = getattr(getattr(slices, "source", None), "voxel_size", None)
+    if found is None:
+        return None
+    if not isinstance(found, Sequence) or len(found) != 3:
+        where = "the checkpoint's data.voxel_size" if configured is not None else "the volume's"
+        raise ConfigError(f"{where} voxel size must be three numbers (z, y, x), got {found!r}")
+    return tuple(float(v) for v in found)  # type: ignore[return-value]
 
 
 @dataclass
@@ -76,13 +101,32 @@ class InferencePipeline:
         """Float32 ``(Y, X)`` foreground probabilities of slices ``first ..`` of ``slices``.
 
         Slices before ``first`` only give 2.5D context to the first returned one. The 3D
-        median filter (``postprocess.median_size``) is applied to the returned slices on the
+        median filter (:meth:`median_footprint`) is applied to the returned slices on the
         stream, on torch's intra-op thread count; at most ``2 * context + 1`` input and
-        ``median_size`` output slices are held.
+        ``size_z`` output slices are held.
+
+        Raises:
+            ConfigError: ``postprocess.median_nm`` without a known voxel size (at once).
         """
+        footprint = self.median_footprint(slices)
         probs = itertools.islice(self.predictor.predict(slices), int(first), None)
-        size = int(self.postprocess.median_size)
-        return median_filter_slices(probs, size, torch.get_num_threads())
+        return median_filter_slices(probs, footprint, torch.get_num_threads())
+
+    def median_footprint(self, slices: object | None = None) -> tuple[int, int, int]:
+        """The 3D median's ``(Z, Y, X)`` footprint in voxels for ``slices`` (see
+        :func:`voxel_size_of`); ``(1, 1, 1)`` = off."""
+        post = self.postprocess
+        if post.median_nm is None:
+            return post.footprint()
+        voxel_size = voxel_size_of(self.checkpoint.config, slices)
+        footprint = post.footprint(voxel_size)
+        log.info(
+            "3D median of %s nm at voxel size %s nm: %s voxels (z, y, x)",
+            post.median_nm,
+            voxel_size,
+            "x".join(map(str, footprint)),
+        )
+        return footprint
 
     def warn_on_intensities(self, slices: SliceSource, name: str) -> None:
         """Warn when ``slices`` are scaled unlike the training data (12-bit data in uint16...)."""
@@ -133,9 +177,10 @@ def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> Inf
         ConfigError: an invalid setting (named by its key); CheckpointError: the checkpoint.
     """
     set_torch_threads(cfg.get("torch_threads"))
-    threshold = check_threshold(cfg.get("threshold", 0.5))
+    check_threshold(cfg.get("threshold", 0.5))
     _settings(cfg)  # validate what the command line gave before any slow work
     checkpoint = checkpoint or load_checkpoint(cfg.ckpt_path)
     applied = apply_checkpoint_settings(cfg, checkpoint.config, command_line_overrides())
+    threshold = check_threshold(cfg.get("threshold", 0.5))  # the checkpoint's, if it has one
     window, post = _settings(cfg)
     return InferencePipeline(checkpoint, window, post, threshold, applied)

@@ -3,11 +3,13 @@
 Which border padding, test-time augmentation or 3D median filter suits a model is an empirical
 question answered on its validation hold-out (``eval.py split=val``, ``make quality-val``). The
 answer belongs to the model, not to whoever runs it later: a training config's ``evaluation``
-block (``evaluation.inference.*``, ``evaluation.postprocess.*``; see conf/experiment/fast.yaml)
-is stored in every checkpoint, and ``eval.py`` / ``predict.py`` apply it on top of
-conf/inference and conf/postprocess. What the command line sets explicitly always wins: a key
-(``inference.tta=none``) replaces the checkpoint's value for that key, a group choice
-(``inference=naive``) replaces the checkpoint's whole block for that group, and
+block (``evaluation.inference.*``, ``evaluation.postprocess.*``, ``evaluation.threshold``; see
+conf/experiment/fast.yaml) is stored in every checkpoint, or the block that train.py's search
+chose on the run's own validation hold-out after training (:mod:`emseg.settings_search`), and
+``eval.py`` / ``predict.py`` apply it on top of conf/inference and conf/postprocess. What the
+command line sets explicitly always wins: a key (``inference.tta=none``) replaces the
+checkpoint's value for that key (``postprocess.median_size`` and ``median_nm`` count as one), a
+group choice (``inference=naive``) replaces the checkpoint's whole block for that group, and
 ``checkpoint_settings=false`` ignores the block altogether (how settings are compared from the
 plain defaults).
 """
@@ -33,6 +35,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SETTING_GROUPS = ("inference", "postprocess")
+# Top-level keys of an eval / predict config that an evaluation block may set too.
+SETTING_KEYS = ("threshold",)
+# Keys that give one setting two ways: the command line setting either replaces both.
+LINKED_KEYS = ({"postprocess.median_size", "postprocess.median_nm"},)
 
 
 def command_line_overrides() -> list[str]:
@@ -113,7 +119,14 @@ def apply_checkpoint_settings(
     if not cfg.get("checkpoint_settings", True) or not block:
         return {}
     explicit = _explicit_keys(overrides)
+    for linked in LINKED_KEYS:
+        if explicit & linked:
+            explicit |= linked
     applied: dict[str, Any] = {}
+    for key in SETTING_KEYS:
+        if key in block and key not in explicit and key in cfg:
+            OmegaConf.update(cfg, key, block[key], merge=False)
+            applied[key] = block[key]
     for group in SETTING_GROUPS:
         # A config without the group (export.py has no post-processing) takes none of it.
         if group in explicit or not block.get(group) or cfg.get(group) is None:
@@ -129,8 +142,9 @@ def apply_checkpoint_settings(
                 applied[key] = value
     if applied:
         log.info(
-            "applying the checkpoint's evaluation settings (chosen on validation): %s "
+            "applying the checkpoint's evaluation settings (chosen on %s): %s "
             "(checkpoint_settings=false ignores them; explicit overrides win)",
+            block.get("chosen_by") or "validation",
             " ".join(f"{k}={v}" for k, v in applied.items()),
         )
     return applied
