@@ -1,7 +1,8 @@
 """Segmentation metrics from torchmetrics, with mitochondria (label 1) as the positive class.
 
-All metrics accumulate confusion counts over every pixel of an epoch (micro averaging), so the
-epoch value is the volume-level metric, not a mean of per-slice values.
+All metrics accumulate confusion counts over every labelled pixel of an epoch (micro averaging),
+so the epoch value is the volume-level metric, not a mean of per-slice values. Pixels whose
+target is :data:`emseg.data.labels.IGNORE` (no label) are left out everywhere.
 
 * ``acc``: pixel accuracy (weak for sparse foreground: all-background scores high);
 * ``fg_iou``: IoU of the mitochondria class, the metric of record;
@@ -27,6 +28,8 @@ from torchmetrics.classification import (
     BinaryStatScores,
 )
 
+from emseg.data.labels import IGNORE
+
 __all__ = ["BinaryMeanIoU", "ThresholdSweep", "binary_scores", "segmentation_metrics"]
 
 
@@ -49,7 +52,7 @@ def segmentation_metrics(threshold: float = 0.5) -> MetricCollection:
     Args:
         threshold: probability above which a pixel counts as mitochondrion.
     """
-    kwargs = {"threshold": threshold}
+    kwargs = {"threshold": threshold, "ignore_index": IGNORE}
     return MetricCollection(
         {
             "acc": BinaryAccuracy(**kwargs),
@@ -124,9 +127,15 @@ class ThresholdSweep(Metric):
         self.add_state("bg_hist", torch.zeros(bins, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        """Count ``probs`` (float, any shape, in [0, 1]) by their ``target`` class ({0, 1})."""
-        bins = torch.bucketize(probs.double().flatten(), self.thresholds, right=False)
-        fg = target.flatten() > 0
+        """Count ``probs`` (float, any shape, in [0, 1]) by their ``target`` class ({0, 1};
+        pixels with target IGNORE are left out)."""
+        target = target.flatten()
+        probs = probs.flatten()
+        labelled = target != IGNORE
+        if not bool(labelled.all()):
+            probs, target = probs[labelled], target[labelled]
+        bins = torch.bucketize(probs.double(), self.thresholds, right=False)
+        fg = target > 0
         size = self.thresholds.numel() + 1
         self.fg_hist += torch.bincount(bins[fg], minlength=size)
         self.bg_hist += torch.bincount(bins[~fg], minlength=size)

@@ -60,13 +60,18 @@ def _choices() -> dict[str, str]:
 
 
 def _data_name(cfg: DictConfig, choices: dict[str, str]) -> str:
-    """The data group's name, unless the command line changed its training files: then the
-    training image's file name (a run on other files must not be recorded as ``epfl``)."""
+    """``data.name`` if given; else the data group's name, unless the command line changed
+    its training files: then the (first) training image's file name (a run on other files
+    must not be recorded as ``epfl``)."""
+    if cfg.data.get("name"):
+        return str(cfg.data.name)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    if "data" in choices and not keys & {"data.train_image", "data.train_mask"}:
+    if "data" in choices and not keys & {"data.train_image", "data.train_mask", "data.volumes"}:
         return choices["data"]
-    return Path(str(cfg.data.train_image)).name
+    volumes = cfg.data.get("volumes")
+    image = volumes[0]["image"] if volumes else cfg.data.train_image
+    return Path(str(image).rstrip("/")).name
 
 
 def _target_name(node: Any) -> str:

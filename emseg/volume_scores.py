@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchmetrics.classification import BinaryStatScores
 
+from emseg.data.labels import IGNORE
 from emseg.errors import ConfigError
 from emseg.metrics import ThresholdSweep, binary_scores
 from emseg.postprocess import remove_small_components
@@ -73,10 +74,17 @@ class VolumeScores:
         self.sweep.update(torch.from_numpy(probs), torch.from_numpy(target))
 
     def update_prediction(self, prediction: np.ndarray, target: np.ndarray) -> None:
-        """Add the confusion counts of a binary ``(Y, X)`` prediction against ``target``."""
+        """Add the confusion counts of a binary ``(Y, X)`` prediction against ``target``
+        ({0, 1}; pixels with target IGNORE are left out)."""
         pred = torch.from_numpy(np.ascontiguousarray(prediction > 0)).long()
         true = torch.from_numpy(np.ascontiguousarray(target > 0)).long()
         edge = self._edge_mask(tuple(pred.shape))
+        unlabelled = target == IGNORE
+        if unlabelled.all():
+            return
+        if unlabelled.any():
+            labelled = torch.from_numpy(~unlabelled)
+            pred, true, edge = pred[labelled], true[labelled], edge[labelled]
         self.stats["all"].update(pred, true)
         if edge.any():
             self.stats["edge"].update(pred[edge], true[edge])
@@ -117,7 +125,7 @@ def evaluate_volume(
 
     Args:
         probabilities: float ``(Y, X)`` slices in [0, 1], one per slice of ``target``, in order.
-        target: ``(Z, Y, X)`` mask in {0, 1}.
+        target: ``(Z, Y, X)`` targets in {0, 1, IGNORE} (IGNORE pixels are not scored).
         edge_band: width of the border band for ``edge_fg_iou`` / ``interior_fg_iou``.
         threshold: probability above which a pixel is foreground.
         min_size: remove predicted 3D components smaller than this many voxels (0 = off);

@@ -125,7 +125,7 @@ def test_seed_report_is_the_reports_budget(tmp_path, synthetic_data_dir):
 
     cfg = compose_train(["experiment=seed_report"], tmp_path, synthetic_data_dir)
     assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (25, 60)
-    assert cfg.loss._target_ == "torch.nn.BCEWithLogitsLoss"
+    assert cfg.loss._target_ == "emseg.losses.MaskedBCEWithLogitsLoss"
     assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == pytest.approx(1e-4)
     assert cfg.model.encoder_name == "vgg16"
 

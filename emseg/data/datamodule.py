@@ -13,21 +13,66 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
-from emseg.data.normalization import AUTO, check_statistic, sample_statistics
+from emseg.data.labels import check_label_settings
+from emseg.data.normalization import AUTO, check_statistic, pooled_statistics, sample_statistics
+from emseg.data.volumes import (
+    Box,
+    TrainingVolume,
+    VolumeEntry,
+    labelled_region,
+    load_volume,
+    parse_entries,
+    read_targets,
+)
 from emseg.errors import ConfigError, DataError
-from emseg.io import open_volume, read_pair
+from emseg.io import open_volume, read_image
 
 __all__ = ["EMDataModule"]
 
 log = logging.getLogger(__name__)
+
+
+def _training_entries(
+    train_image: str | None, train_mask: str | None, volumes: list | None
+) -> list[VolumeEntry]:
+    """The training volume entries: ``data.volumes``, or the one of ``train_image`` /
+    ``train_mask`` (exactly one of the two forms; ConfigError otherwise)."""
+    single = train_image is not None or train_mask is not None
+    if single and volumes is not None:
+        raise ConfigError(
+            "give the training data either as data.train_image + data.train_mask or as "
+            "data.volumes, not both (set the other to null)"
+        )
+    if volumes is not None:
+        return parse_entries(volumes, "data.volumes")
+    if not (train_image and train_mask):
+        missing = "data.train_mask" if train_image else "data.train_image"
+        raise ConfigError(f"{missing} is not set (or give data.volumes)")
+    return parse_entries([{"image": train_image, "labels": train_mask}], "data.train_image")
+
+
+def check_voxel_size(value: object) -> list[float] | None:
+    """``data.voxel_size``: ``null`` or three positive numbers ``[z, y, x]`` in nanometres."""
+    if value is None:
+        return None
+    ok = not isinstance(value, str | bytes) and hasattr(value, "__len__") and len(value) == 3
+    ok = ok and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in value
+    )
+    if not ok:
+        raise ConfigError(
+            f"data.voxel_size must be null or three positive numbers [z, y, x] in nm, got {value!r}"
+        )
+    return [float(v) for v in value]
 
 
 def _check_val_slices(value: object) -> None:
@@ -45,14 +90,30 @@ class EMDataModule(L.LightningDataModule):
     """Random patches from the training volume; whole slices for validation and test.
 
     Args:
-        train_image, train_mask: the training volume and its mask (any volume string of
+        train_image, train_mask: the training volume and its labels (any volume string of
             :func:`emseg.io.open_volume`: TIFF, ``file.h5:dataset``, ``store.zarr/array``, a
-            folder or glob of slices).
+            folder or glob of slices): the shorthand for one entry of ``volumes``.
+        volumes: several labelled training volumes, each ``{image, labels[, offset, roi,
+            name]}`` (:mod:`emseg.data.volumes`): labels of a crop of a larger image at an
+            offset, an ROI of the image, or only some slices labelled (``unlabelled``).
         test_image, test_mask: the labelled test volume and its mask, or ``None`` when there
             is none (then ``test_after_fit`` is skipped; validation still scores the run).
-        val_slices: slices at the end of the training volume held out for validation: a
-            positive integer, or a fraction in (0, 1) of the training depth (rounded half up,
-            at least 1 slice, at least 1 slice left for training).
+        val_slices: slices at the end of each training volume's labelled region held out for
+            validation: a positive integer, or a fraction in (0, 1) of the region's depth
+            (rounded half up, at least 1 slice, at least 1 slice left for training). Unused
+            with ``val_volumes``.
+        val_volumes: explicit validation volumes (entries as in ``volumes``); then the
+            training volumes are used whole.
+        labels: the label convention, ``auto`` | ``binary`` | ``instances``
+            (:mod:`emseg.data.labels`).
+        unlabelled: the stored label value of unannotated voxels (excluded from the loss, the
+            metrics and the patch sampling), or ``None``.
+        voxel_size: ``[z, y, x]`` in nm; ``None`` takes the first training image's own (OME-Zarr,
+            HDF5 ``resolution``, TIFF) if it records one. Stored with the run.
+        in_memory_mb: training image slices larger than this are read from their store patch
+            by patch instead of being loaded (labels are always loaded).
+        name: a short name of the data for records and the hparams (default: the config
+            group's name, or the first training image's file name).
         patch_size: side of the square training patches.
         batch_size: training patches per batch on each device: under DDP every process draws
             its own batches, so one optimizer step sees ``batch_size x devices x num_nodes``
@@ -79,8 +140,8 @@ class EMDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_image: str,
-        train_mask: str,
+        train_image: str | None = None,
+        train_mask: str | None = None,
         test_image: str | None = None,
         test_mask: str | None = None,
         val_slices: int | float = 16,
@@ -97,8 +158,23 @@ class EMDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         multiprocessing_context: str | None = None,
         seed: int | None = None,
+        volumes: list[dict] | None = None,
+        val_volumes: list[dict] | None = None,
+        labels: str = "auto",
+        unlabelled: int | None = None,
+        voxel_size: list[float] | None = None,
+        in_memory_mb: int = 2048,
+        name: str | None = None,
     ) -> None:
         super().__init__()
+        self.entries = _training_entries(train_image, train_mask, volumes)
+        self.val_entries = (
+            None if val_volumes is None else parse_entries(val_volumes, "data.val_volumes")
+        )
+        check_label_settings(labels, unlabelled)
+        self.voxel_size = check_voxel_size(voxel_size)
+        if isinstance(in_memory_mb, bool) or not isinstance(in_memory_mb, int) or in_memory_mb < 0:
+            raise ConfigError(f"data.in_memory_mb must be an integer >= 0, got {in_memory_mb!r}")
         for name, value in {
             "patch_size": patch_size,
             "batch_size": batch_size,
@@ -121,6 +197,7 @@ class EMDataModule(L.LightningDataModule):
                 raise ConfigError(f"data.{name} must be an integer >= 0, got {value!r}")
         self.save_hyperparameters(logger=False, ignore=["train_transform"])
         self.train_transform = train_transform
+        self._plan: tuple[list, list] | None = None
         self.train_set: RandomPatchDataset | None = None
         self.val_set: SliceDataset | None = None
         self.test_set: SliceDataset | None = None
@@ -142,8 +219,8 @@ class EMDataModule(L.LightningDataModule):
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
 
-    def held_out(self, depth: int) -> int:
-        """Validation slices of a training volume of ``depth`` slices (``val_slices`` resolved).
+    def held_out(self, depth: int, name: str | None = None) -> int:
+        """Validation slices of a labelled region of ``depth`` slices (``val_slices`` resolved).
 
         Raises:
             ConfigError: no training slice would be left.
@@ -152,18 +229,49 @@ class EMDataModule(L.LightningDataModule):
         count = val_slices if isinstance(val_slices, int) else math.floor(val_slices * depth + 0.5)
         count = max(1, count)
         if count >= depth:
+            where = name or self.entries[0].image
             raise ConfigError(
-                f"data.val_slices={val_slices} leaves no training slices in "
-                f"{self.hparams.train_image} ({depth} slices)"
+                f"data.val_slices={val_slices} leaves no training slices in {where} "
+                f"({depth} labelled slices); lower it or give data.val_volumes"
             )
         return count
 
-    def resolve_normalization(self, image: np.ndarray | None = None) -> tuple[float, float]:
+    def plan(self) -> tuple[list[tuple[VolumeEntry, Box]], list[tuple[VolumeEntry, Box]]]:
+        """``(training, validation)`` boxes (image voxels) of every volume entry.
+
+        With ``val_volumes`` the validation boxes are their labelled regions and the training
+        volumes are used whole; otherwise the last ``val_slices`` slices of each training
+        volume's labelled region are held out (z-contiguous). Only shapes are read.
+        """
+        if self._plan is None:
+            train, val = [], []
+            for entry in self.entries:
+                region = labelled_region(entry)
+                if self.val_entries is not None:
+                    train.append((entry, region))
+                    continue
+                split = region.stop[0] - self.held_out(region.shape[0], entry.image)
+                train.append((entry, Box(region.start, (split, *region.stop[1:]))))
+                val.append((entry, Box((split, *region.start[1:]), region.stop)))
+            for entry in self.val_entries or []:
+                val.append((entry, labelled_region(entry)))
+            self._plan = train, val
+        return self._plan
+
+    def _training_slices(self) -> str:
+        """The training slices of every volume, for logs."""
+        return "; ".join(
+            f"{entry.label} slices {box.start[0]}-{box.stop[0] - 1}"
+            for entry, box in self.plan()[0]
+        )
+
+    def resolve_normalization(self, images: list | None = None) -> tuple[float, float]:
         """``(mean, std)``, measuring those set to ``auto`` on the training slices (once).
 
         Args:
-            image: the loaded ``(Z, Y, X)`` training volume; ``None`` opens the file lazily
-                and reads only the sampled slices. Either way the hold-out is left out.
+            images: the loaded training image slices of every volume (``(Z, Y, X)`` each);
+                ``None`` opens the files lazily and reads only the sampled slices. Either way
+                the validation hold-out is left out.
 
         Raises:
             DataError: ``std: auto`` on training slices of constant intensity.
@@ -171,46 +279,63 @@ class EMDataModule(L.LightningDataModule):
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
         hp = self.hparams
-        if image is None:
-            with open_volume(hp.train_image, "image") as source:
-                split = len(source) - self.held_out(len(source))
-                stats = sample_statistics(source.z_range(0, split))
+        if images is None:
+            parts = []
+            for entry, box in self.plan()[0]:
+                with open_volume(entry.image, "image") as source:
+                    parts.append(sample_statistics(source.z_range(box.start[0], box.stop[0])))
         else:
-            split = len(image) - self.held_out(len(image))
-            stats = sample_statistics(image[:split])
+            parts = [sample_statistics(image) for image in images]
+        stats = pooled_statistics(parts)
         origin = (
             f"from {stats.voxels} {'' if stats.exact else 'sampled '}voxels of {stats.slices} "
-            f"slices of {Path(hp.train_image).name}, training slices 0-{split - 1}"
+            f"slices: {self._training_slices()}"
         )
         if self.std is None and not stats.std > 0:
             raise DataError(
-                f"data.std={AUTO}: the training slices of {hp.train_image} have constant "
-                f"intensity (std 0 {origin}); set data.std to a positive number"
+                f"data.std={AUTO}: the training slices have constant intensity (std 0 "
+                f"{origin}); set data.std to a positive number"
             )
         for key, value in (("mean", stats.mean), ("std", stats.std)):
             if getattr(self, key) is None:
                 setattr(self, key, value)
                 log.info("data.%s=%s -> %.6f (%s)", key, AUTO, value, origin)
+        del hp
         return self.mean, self.std
 
-    def resolved_settings(self) -> dict[str, int | float]:
-        """The keys given relative to the data, as the numbers they stand for.
+    def resolve_voxel_size(self) -> list[float] | None:
+        """``data.voxel_size``, or the first training image's own (nm, ZYX), or ``None``."""
+        if self.voxel_size is None:
+            with open_volume(self.entries[0].image, "image") as source:
+                if source.voxel_size is not None:
+                    self.voxel_size = [float(v) for v in source.voxel_size]
+        return self.voxel_size
 
-        ``mean`` / ``std: auto`` become the measured statistics and a fractional
-        ``val_slices`` the number of held-out slices, so that a run config holding these
-        values describes the run without the data (``eval.py split=val`` reads the count).
-        Keys given as numbers are left out; without such keys nothing is read.
+    def resolved_settings(self) -> dict[str, Any]:
+        """The keys given relative to the data, as the values they stand for.
+
+        ``mean`` / ``std: auto`` become the measured statistics, a fractional ``val_slices``
+        of a single training volume the number of held-out slices (``eval.py split=val`` reads
+        either form), and ``voxel_size`` the training image's own when it records one, so
+        that a run config holding these values describes the run without the data. Keys
+        given as numbers are left out; without such keys nothing is read.
         """
         hp = self.hparams
-        settings: dict[str, int | float] = {}
-        if isinstance(hp.val_slices, float):
-            with open_volume(hp.train_image, "image") as source:
-                settings["val_slices"] = self.held_out(len(source))
+        settings: dict[str, Any] = {}
+        if isinstance(hp.val_slices, float) and hp.train_image and self.val_entries is None:
+            ((_, box),) = self.plan()[1]
+            settings["val_slices"] = box.shape[0]
         auto = [key for key in ("mean", "std") if getattr(self, key) is None]
         if auto:
             self.resolve_normalization()
             settings.update({key: getattr(self, key) for key in auto})
+        if hp.voxel_size is None and self.resolve_voxel_size() is not None:
+            settings["voxel_size"] = self.voxel_size
         return settings
+
+    def _load(self, entry: VolumeEntry, box: Box) -> TrainingVolume:
+        hp = self.hparams
+        return load_volume(entry, box, hp.labels, hp.unlabelled, hp.in_memory_mb << 20)
 
     def setup(self, stage: str | None = None) -> None:
         """Load volumes once (idempotent): training/validation for fit, the test volume for test.
@@ -219,52 +344,65 @@ class EMDataModule(L.LightningDataModule):
         """
         hp = self.hparams
         if stage in (None, "fit", "validate") and self.train_set is None:
-            image, mask = read_pair(hp.train_image, hp.train_mask)
-            depth = image.shape[0]
-            val_slices = self.held_out(depth)
-            self.resolve_normalization(image)
-            if hp.patch_size > min(image.shape[1:]):
-                raise ConfigError(
-                    f"data.patch_size={hp.patch_size} is larger than the slices of "
-                    f"{hp.train_image} ({image.shape[1]}x{image.shape[2]})"
-                )
+            train_boxes, val_boxes = self.plan()
             world_size, _ = self._world()
-            if val_slices < world_size:
-                count = "" if val_slices == hp.val_slices else f" ({val_slices} slices)"
+            if len(val_boxes) == 1 and val_boxes[0][1].shape[0] < world_size:
                 raise ConfigError(
-                    f"data.val_slices={hp.val_slices}{count} is smaller than the {world_size} DDP "
-                    "processes: every process needs at least one validation slice"
+                    f"data.val_slices={hp.val_slices} ({val_boxes[0][1].shape[0]} slices) is "
+                    f"smaller than the {world_size} DDP processes: every process needs at "
+                    "least one validation slice"
                 )
-            split = depth - val_slices
-            train_img, train_msk = image[:split], mask[:split]
-            if not train_msk.any():
-                log.warning("training mask %s has no foreground voxels", hp.train_mask)
-            self.train_set = RandomPatchDataset(
-                train_img,
-                train_msk,
-                patch_size=hp.patch_size,
-                length=hp.samples_per_epoch * world_size,
-                fg_fraction=hp.fg_fraction,
-                context=hp.context,
-                mean=self.mean,
-                std=self.std,
-                transform=self.train_transform,
-                seed=hp.seed,
-            )
-            self.val_set = self._slices(image[split:], mask[split:])
+            train = [self._load(entry, box) for entry, box in train_boxes]
+            val = [self._load(entry, box) for entry, box in val_boxes]
+            self.resolve_normalization([volume.image for volume in train])
+            for volume in train:
+                if not (volume.targets == 1).any():
+                    log.warning("training labels of %s have no foreground voxels", volume.name)
+            try:
+                self.train_set = RandomPatchDataset(
+                    patch_size=hp.patch_size,
+                    length=hp.samples_per_epoch * world_size,
+                    fg_fraction=hp.fg_fraction,
+                    context=hp.context,
+                    mean=self.mean,
+                    std=self.std,
+                    transform=self.train_transform,
+                    seed=hp.seed,
+                    volumes=train,
+                )
+            except ValueError as err:
+                raise ConfigError(f"data.patch_size={hp.patch_size}: {err}") from err
+            sets = [self._slices(volume.image, volume.targets, volume) for volume in val]
+            self.val_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
             log.info(
-                "train: slices 0-%d of %s; validation: slices %d-%d (z-contiguous hold-out)",
-                split - 1,
-                Path(hp.train_image).name,
-                split,
-                depth - 1,
+                "train: %s; validation: %s",
+                self._training_slices(),
+                "; ".join(
+                    f"{entry.label} slices {box.start[0]}-{box.stop[0] - 1}"
+                    for entry, box in val_boxes
+                ),
             )
         if stage in (None, "test") and self.test_set is None and self.has_test_volume:
             self.resolve_normalization()
-            self.test_set = self._slices(*read_pair(hp.test_image, hp.test_mask))
+            image = read_image(hp.test_image)
+            targets = read_targets(hp.test_mask, hp.labels, hp.unlabelled, image.shape)
+            self.test_set = self._slices(image, targets)
 
-    def _slices(self, image: np.ndarray, mask: np.ndarray) -> SliceDataset:
-        return SliceDataset(image, mask, context=self.hparams.context, mean=self.mean, std=self.std)
+    def _slices(
+        self, image: Any, targets: np.ndarray, volume: TrainingVolume | None = None
+    ) -> SliceDataset:
+        """Whole slices of ``image`` (cut to the labelled y / x box of ``volume``)."""
+        if volume is not None and (volume.y0, volume.x0, *targets.shape[1:]) != (
+            0,
+            0,
+            *image.shape[1:],
+        ):
+            ys = slice(volume.y0, volume.y0 + targets.shape[1])
+            xs = slice(volume.x0, volume.x0 + targets.shape[2])
+            image = image[np.arange(len(image)), ys, xs]
+        return SliceDataset(
+            image, targets, context=self.hparams.context, mean=self.mean, std=self.std
+        )
 
     def _eval_sampler(self, dataset: Dataset) -> DistributedSampler | None:
         """Under DDP, every ``world_size``-th slice per process and no slice twice.

@@ -25,6 +25,7 @@ __all__ = [
     "IntensityStats",
     "Preprocessing",
     "check_statistic",
+    "pooled_statistics",
     "sample_statistics",
     "to_unit_float",
 ]
@@ -171,4 +172,23 @@ def sample_statistics(
         voxels=int(values.size),
         slices=len(indices),
         exact=exact,
+    )
+
+
+def pooled_statistics(parts: Sequence[IntensityStats]) -> IntensityStats:
+    """The statistics of several samples taken together (each weighted by its voxels).
+
+    One sample is returned unchanged, so a single training volume measures as before.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    voxels = sum(p.voxels for p in parts)
+    mean = sum(p.voxels * p.mean for p in parts) / voxels
+    second = sum(p.voxels * (p.std**2 + p.mean**2) for p in parts) / voxels
+    return IntensityStats(
+        mean=float(mean),
+        std=float(math.sqrt(max(second - mean**2, 0.0))),
+        voxels=int(voxels),
+        slices=sum(p.slices for p in parts),
+        exact=all(p.exact for p in parts),
     )

@@ -15,6 +15,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from emseg.data.labels import IGNORE
+
 __all__ = ["RandomRot90", "RandomBrightnessContrast", "train_transforms"]
 
 
@@ -85,7 +87,15 @@ def train_transforms(
     if elastic_p > 0:
         steps.append(
             v2.RandomApply(
-                [v2.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma)], p=elastic_p
+                [
+                    # Pixels pulled in from outside the patch have no label: IGNORE, not 0.
+                    v2.ElasticTransform(
+                        alpha=elastic_alpha,
+                        sigma=elastic_sigma,
+                        fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE},
+                    )
+                ],
+                p=elastic_p,
             )
         )
     if brightness > 0 or contrast > 0:
