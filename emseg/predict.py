@@ -81,11 +81,13 @@ def _predict(
     output, mask_output = outputs
     dtype, show = str(cfg.output_dtype), bool(cfg.get("progress", True))
     remove = mask_output is not None and int(pipeline.postprocess.min_size) > 0
+    voxel = getattr(source, "voxel_size", None)  # outputs carry the input's voxel size
     with contextlib.ExitStack() as stack:
-        sinks = [stack.enter_context(create_sink(output, source.shape, dtype, source.ndim))]
+        sink = create_sink(output, source.shape, dtype, source.ndim, voxel_size=voxel)
+        sinks = [stack.enter_context(sink)]
         if mask_output is not None:
             tag = ".raw" if remove else ""
-            sink = create_sink(mask_output, source.shape, np.uint8, source.ndim, tag)
+            sink = create_sink(mask_output, source.shape, np.uint8, source.ndim, tag, voxel)
             sinks.append(stack.enter_context(sink))
         probs = pipeline.probabilities(source)
         for prob in progress_bar(probs, len(source), f"predict {source.path.name}", show):
@@ -95,7 +97,7 @@ def _predict(
         for sink in sinks:
             sink.close()
         if remove:  # the unfiltered mask is only an intermediate (deleted with the stack)
-            final = create_sink(mask_output, source.shape, np.uint8, source.ndim)
+            final = create_sink(mask_output, source.shape, np.uint8, source.ndim, "", voxel)
             _remove_small(pipeline, sinks[1].tmp_path, stack.enter_context(final), show)
             sinks[1] = final
         for sink in sinks:  # all outputs appear together, or none

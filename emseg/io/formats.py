@@ -6,6 +6,7 @@ A volume is named by one string wherever a volume is asked for:
 * ``file.h5:path/to/dataset`` (also ``.hdf5``, ``.hdf``; the key may be left out when the file
   holds one dataset);
 * ``store.zarr/path/to/array`` (Zarr v2 or v3; an OME-Zarr multiscale group means its level 0);
+* ``store.n5/path/to/dataset`` (N5, read by tensorstore; a multiscale group means its ``s0``);
 * ``slices/`` or ``slices/*.png``: a folder or glob of 2D slices, in natural order.
 
 A new format is one :class:`~emseg.io.source.VolumeSource` (and
@@ -22,6 +23,7 @@ import numpy as np
 
 from emseg.errors import DataError, require_file
 from emseg.io.arrays_on_disk import HDF5Source, ZarrSource
+from emseg.io.n5 import N5Source
 from emseg.io.sink import VolumeSink
 from emseg.io.slices import SliceFolderSource
 from emseg.io.source import VolumeSource, check_dtype
@@ -46,10 +48,11 @@ def _suffix(path: Path, registry: dict, what: str) -> str:
 
 
 def parse_volume(spec: str | Path) -> tuple[str, Path, str]:
-    """``(kind, file, key)`` of a volume string: kind ``hdf5`` | ``zarr`` | ``slices`` | ``file``.
+    """``(kind, file, key)`` of a volume string: kind ``hdf5`` | ``zarr`` | ``n5`` | ``slices``
+    | ``file``.
 
-    ``file`` is what must exist on disk (the HDF5 file, the Zarr store, the folder), ``key``
-    the array inside it (empty for the root / the only dataset).
+    ``file`` is what must exist on disk (the HDF5 file, the Zarr or N5 store, the folder),
+    ``key`` the array inside it (empty for the root / the only dataset).
     """
     text = str(spec)
     match = _HDF5.match(text)
@@ -57,8 +60,9 @@ def parse_volume(spec: str | Path) -> tuple[str, Path, str]:
         return "hdf5", Path(match["file"]), (match["key"] or "").strip("/")
     parts = Path(text).parts
     for index, part in enumerate(parts):
-        if part.lower().endswith(".zarr"):
-            return "zarr", Path(*parts[: index + 1]), "/".join(parts[index + 1 :])
+        for suffix in (".zarr", ".n5"):
+            if part.lower().endswith(suffix):
+                return suffix[1:], Path(*parts[: index + 1]), "/".join(parts[index + 1 :])
     if any(char in text for char in "*?[") or Path(text).is_dir():
         return "slices", Path(text), ""
     return "file", Path(text), ""
@@ -68,10 +72,10 @@ def _open_source(spec: str | Path) -> VolumeSource:
     kind, path, key = parse_volume(spec)
     if kind == "slices":
         return SliceFolderSource(str(spec))
-    if kind == "zarr":
+    if kind in ("zarr", "n5"):
         if not path.exists():
-            raise DataError(f"{path}: Zarr store not found")
-        return ZarrSource(path, key)
+            raise DataError(f"{path}: {'Zarr' if kind == 'zarr' else 'N5'} store not found")
+        return (ZarrSource if kind == "zarr" else N5Source)(path, key)
     require_file(path, DataError)  # a missing file or a directory says so, whatever its name
     if kind == "hdf5":
         return HDF5Source(path, key)
@@ -101,7 +105,9 @@ def create_sink(
     dtype: np.dtype | str,
     ndim: int = 3,
     tag: str = "",
+    voxel_size: tuple[float, float, float] | None = None,
 ) -> VolumeSink:
-    """An atomic sink for ``path`` (see :class:`~emseg.io.sink.VolumeSink`)."""
+    """An atomic sink for ``path`` (see :class:`~emseg.io.sink.VolumeSink`); ``voxel_size``
+    (``(z, y, x)`` nm, e.g. the input's) is written where the format records it."""
     path = Path(path)
-    return SINKS[_suffix(path, SINKS, "output")](path, shape, dtype, ndim, tag)
+    return SINKS[_suffix(path, SINKS, "output")](path, shape, dtype, ndim, tag, voxel_size)

@@ -19,6 +19,7 @@ import numpy as np
 
 from emseg.errors import ConfigError
 from emseg.io.atomic import atomic_path
+from emseg.io.units import voxel_or_none
 
 __all__ = ["VolumeSink", "check_output_path"]
 
@@ -41,6 +42,8 @@ class VolumeSink(abc.ABC):
         dtype: numpy dtype of the data.
         ndim: 2 for a single ``(Y, X)`` image (``Z == 1``), 3 for a volume.
         tag: extra part of the temporary name.
+        voxel_size: ``(z, y, x)`` in nanometres, written where the format records it (e.g.
+            the input's :attr:`~emseg.io.source.VolumeSource.voxel_size`); ``None``: none.
     """
 
     def __init__(
@@ -50,11 +53,15 @@ class VolumeSink(abc.ABC):
         dtype: np.dtype | str,
         ndim: int = 3,
         tag: str = "",
+        voxel_size: tuple[float, float, float] | None = None,
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.ndim = int(ndim)
+        self.voxel_size = voxel_or_none(voxel_size, 1.0) if voxel_size is not None else None
+        if voxel_size is not None and self.voxel_size is None:
+            raise ValueError(f"{self.path}: voxel_size {voxel_size} is not 3 positive numbers")
         if len(self.shape) != 3 or (self.ndim == 2 and self.shape[0] != 1):
             raise ValueError(f"{self.path}: shape {self.shape} does not fit ndim {self.ndim}")
         self.written = 0

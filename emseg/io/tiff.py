@@ -18,6 +18,7 @@ import tifffile
 from emseg.errors import DataError, require_file
 from emseg.io.sink import VolumeSink
 from emseg.io.source import VolumeSource
+from emseg.io.units import nm_per_unit, voxel_or_none
 
 __all__ = ["TIFF_SUFFIXES", "TiffSink", "TiffSource", "tifffile_errors"]
 
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Classic TIFF offsets are 32-bit: BigTIFF well before 4 GiB.
 _BIGTIFF_BYTES = 2**31
-# tifffile's resolution units -> nanometres.
-_UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micron": 1e3, "mm": 1e6}
+# TIFF ResolutionUnit tag values with a length -> nanometres: centimetre, and the
+# millimetre / micrometre extensions; 1 (none) and 2 (inch, editors' 72 dpi) are not lengths.
+_RESOLUTION_UNIT_NM = {3: 1e7, 4: 1e6, 5: 1e3}
+# ImageJ reads only these sample types (no float16, no bool, no BigTIFF).
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 class _ErrorRecords(logging.Handler):
@@ -73,21 +77,52 @@ def _as_data_error(path: Path, what: str) -> Iterator[None]:
         raise DataError(f"{path}: corrupt or truncated TIFF ({errors[0]})")
 
 
-def _voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
-    """``(z, y, x)`` nanometres from ImageJ metadata (spacing, unit) and the resolution tags."""
-    meta = tif.imagej_metadata or {}
-    page = tif.pages.first
-    unit = str(meta.get("unit", "")).lower()
-    tags = page.tags
-    if unit not in _UNIT_NM or "XResolution" not in tags or "YResolution" not in tags:
+def _description_metadata(tif: tifffile.TiffFile) -> tuple[dict, bool]:
+    """The ImageJ metadata (``True``) or else tifffile's JSON ("shaped") metadata (``False``)."""
+    if tif.imagej_metadata:
+        return dict(tif.imagej_metadata), True
+    shaped = tif.shaped_metadata
+    return (dict(shaped[0]) if shaped and isinstance(shaped[0], dict) else {}), False
+
+
+def _pixels_per_unit(tags: tifffile.TiffTags) -> tuple[float, float] | None:
+    """``(x, y)`` resolution in pixels per unit from the XResolution / YResolution tags."""
+    if "XResolution" not in tags or "YResolution" not in tags:
         return None
-    scale = _UNIT_NM[unit]
     (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
-    if not (xn and yn):
+    if not (xn and xd and yn and yd):
         return None
-    x, y = scale * xd / xn, scale * yd / yn
-    z = scale * float(meta["spacing"]) if "spacing" in meta else y
-    return (z, y, x)
+    return xn / xd, yn / yd
+
+
+def _voxel_size(tif: tifffile.TiffFile, stack: bool) -> tuple[float, float, float] | None:
+    """``(z, y, x)`` nanometres as ImageJ / Fiji read them, or ``None`` when not recorded.
+
+    * x, y: the XResolution / YResolution tags (pixels per unit), in the ``unit`` of the
+      ImageJ (or tifffile JSON) description (``nm``, ``micron``, ``\\u00B5m``, ...), or else in
+      the standard ResolutionUnit tag when it is centimetre / millimetre / micrometre (never
+      inch, the 72 dpi default of image editors, nor "none");
+    * z: ``spacing`` in that unit; without it ImageJ's default voxel depth of one ``unit`` for
+      an ImageJ stack, ``y`` for a single image, and ``None`` for any other stack (z unknown).
+    """
+    meta, imagej = _description_metadata(tif)
+    tags = tif.pages.first.tags
+    per_unit = _pixels_per_unit(tags)
+    scale = nm_per_unit(meta.get("unit"))
+    if scale is None and "ResolutionUnit" in tags:
+        scale = _RESOLUTION_UNIT_NM.get(int(tags["ResolutionUnit"].value))
+    if per_unit is None or scale is None:
+        return None
+    x, y = scale / per_unit[0], scale / per_unit[1]
+    if "spacing" in meta:
+        z = scale * float(meta["spacing"])
+    elif not stack:
+        z = y
+    elif imagej:
+        z = scale
+    else:
+        return None
+    return voxel_or_none((z, y, x), 1.0)
 
 
 def _check_extent(path: Path, series: tifffile.TiffPageSeries, pages: list) -> None:
@@ -126,7 +161,7 @@ class TiffSource(VolumeSource):
             self._tif = tifffile.TiffFile(path)
             series = self._tif.series[0]
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
-            voxel_size = _voxel_size(self._tif)
+            voxel_size = _voxel_size(self._tif, stack=len(series.shape) > 2)
             pages = list(series.pages)
         try:
             super().__init__(
@@ -172,17 +207,48 @@ class TiffSink(VolumeSink):
 
     ``ndim=2`` writes a single ``(Y, X)`` image, 3 a ``(Z, Y, X)`` stack (arguments: see
     :class:`~emseg.io.sink.VolumeSink`). BigTIFF is used for outputs of 2 GiB or more.
+
+    A ``voxel_size`` is written as ImageJ calibration, so that ImageJ / Fiji and
+    :class:`TiffSource` show it: XResolution / YResolution in pixels per nm, and an ImageJ
+    description with ``unit=nm`` and ``spacing`` (z, nm). ImageJ reads only uint8 / uint16 /
+    float32 classic TIFFs; other outputs (float16 probabilities, BigTIFF, a 3D file of one
+    slice) record the same ``unit`` and ``spacing`` in tifffile's JSON description instead,
+    which :class:`TiffSource` reads too.
     """
 
     def _start(self) -> None:
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self._tif = tifffile.TiffWriter(self.tmp_path, bigtiff=nbytes > _BIGTIFF_BYTES)
+        bigtiff = nbytes > _BIGTIFF_BYTES
+        self._tif = tifffile.TiffWriter(self.tmp_path, bigtiff=bigtiff)
+        self._imagej = (
+            self.voxel_size is not None
+            and not bigtiff
+            and self.dtype.type in _IMAGEJ_DTYPES
+            and (self.ndim == 2 or self.shape[0] > 1)
+        )
 
     def _append(self, page: np.ndarray) -> None:
         # Contiguous pages form one series; a 3D file of one slice needs its Z axis explicitly.
         data = page[None] if self.ndim == 3 and self.shape[0] == 1 else page
+        self._tif.write(data, contiguous=True, **self._calibration())
+
+    def _calibration(self) -> dict:
+        """tifffile ``write`` arguments: the axes, and the voxel size where there is one."""
         axes = "ZYX" if self.ndim == 3 else "YX"
-        self._tif.write(data, contiguous=True, metadata={"axes": axes})
+        if self.voxel_size is None:
+            return {"metadata": {"axes": axes}}
+        z, y, x = self.voxel_size
+        resolution = {"resolution": (1 / x, 1 / y), "resolutionunit": 1}  # pixels per nm
+        if not self._imagej:
+            return {**resolution, "metadata": {"axes": axes, "unit": "nm", "spacing": z}}
+        # Written by hand: tifffile's ImageJ mode cannot stream a stack page by page, and
+        # would call an unlabelled stack of 3 or 4 slices channels. Contiguous pages + images=N
+        # is ImageJ's own layout.
+        lines = ["ImageJ=1.11a"]
+        if self.ndim == 3:
+            lines += [f"images={self.shape[0]}", f"slices={self.shape[0]}"]
+        lines += [f"spacing={z!r}", "unit=nm", "loop=false", ""]
+        return {**resolution, "description": "\n".join(lines), "metadata": None}
 
     def _finish(self) -> None:
         self._tif.close()
