@@ -4,6 +4,9 @@
   block) and every input check;
 * :mod:`~emseg.io.sink`: the atomic :class:`VolumeSink` and the output-path checks;
 * :mod:`~emseg.io.tiff`: the TIFF implementations (tifffile);
+* :mod:`~emseg.io.arrays_on_disk`, :mod:`~emseg.io.n5`, :mod:`~emseg.io.slices`: HDF5 and Zarr
+  (h5py, zarr), N5 (tensorstore), folders of 2D slices;
+* :mod:`~emseg.io.units`: voxel sizes, ``(z, y, x)`` nm from the formats' units;
 * :mod:`~emseg.io.formats`: :func:`open_volume` / :func:`create_sink`, the format registry;
 * :mod:`~emseg.io.arrays`: whole volumes as arrays (:func:`read_image`, :func:`read_mask`);
 * :mod:`~emseg.io.atomic`: whole-or-nothing writes, the one atomic-write helper;
