@@ -23,36 +23,62 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from emseg.cli import progress_bar
+from emseg.data.labels import to_targets
+from emseg.data.volumes import (
+    Box,
+    VolumeEntry,
+    parse_entries,
+    read_targets,
+    split_regions,
+    training_entries,
+)
 from emseg.errors import ConfigError, DataError
 from emseg.hardware import describe_hardware
 from emseg.inference import InferencePipeline, build_pipeline
 from emseg.io import VolumeSink, create_sink, open_volume, read_mask, write_json_atomic
 from emseg.io.encoding import probabilities_as
 from emseg.io.formats import parse_volume
-from emseg.io.source import ZRange
+from emseg.io.source import VolumeSource, ZRange
 from emseg.run_dir import finished_metrics
 from emseg.volume_scores import METRIC_KEYS, VolumeScores, evaluate_volume
 
-__all__ = ["METRIC_KEYS", "run"]
+__all__ = ["METRIC_KEYS", "EvalVolume", "run", "validation_volumes"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalVolume:
-    """What is scored: a lazy image z-range (with ``lead`` 2.5D context slices before the
-    scored ones) and the labels of the scored slices, ``(Z, Y, X)`` in {0, 1}."""
+    """What is scored: lazy image slices (with ``lead`` 2.5D context slices before the
+    scored ones) and the targets of the scored slices, ``(Z, Y, X)`` in {0, 1, IGNORE}."""
 
-    image: ZRange
+    image: ZRange | CroppedSlices
     mask: np.ndarray
     lead: int
     image_path: Path
     mask_path: Path
+
+
+class CroppedSlices:
+    """Slices ``start .. stop - 1`` of a source cut to ``ys`` / ``xs`` (a labels crop), lazily."""
+
+    def __init__(self, source: VolumeSource, start: int, stop: int, ys: slice, xs: slice) -> None:
+        self.source, self.start, self.stop, self.ys, self.xs = source, start, stop, ys, xs
+        self.path, self.dtype = source.path, source.dtype
+        self.shape = (stop - start, ys.stop - ys.start, xs.stop - xs.start)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        if not 0 <= z < len(self):
+            raise IndexError(f"slice {z} out of range for {len(self)} slices")
+        return self.source.read(self.start + z, self.ys, self.xs)
 
 
 def _data_overridden() -> bool:
@@ -96,17 +122,22 @@ def _print_table(metrics: dict[str, float], threshold: float, edge_band: int) ->
     Console().print(table)
 
 
-def _validation_block(ckpt_config: dict[str, Any]) -> tuple[Path, Path, int]:
-    """The checkpoint's training image / mask and the first slice of its validation hold-out."""
+def _validation_boxes(ckpt_config: dict[str, Any]) -> list[tuple[VolumeEntry, Box]]:
+    """The validation boxes of the checkpoint's run: its held-out slices or val_volumes."""
     data = ckpt_config.get("data", {})
     try:
-        paths = Path(str(data["train_image"])), Path(str(data["train_mask"]))
-        val_slices = int(data["val_slices"])
-    except KeyError as err:
-        raise ConfigError(f"split=val: the checkpoint's config has no data.{err.args[0]}") from err
-    if val_slices <= 0:
+        entries = training_entries(
+            data.get("train_image"), data.get("train_mask"), data.get("volumes")
+        )
+        val_entries = data.get("val_volumes")
+        if val_entries is not None:
+            val_entries = parse_entries(val_entries, "data.val_volumes")
+        val_slices = data["val_slices"] if val_entries is None else 1
+    except (KeyError, ConfigError) as err:
+        raise ConfigError(f"split=val: the checkpoint's data config does not say ({err})") from err
+    if not val_entries and (not isinstance(val_slices, int | float) or val_slices <= 0):
         raise ConfigError("split=val: the checkpoint was trained without a validation hold-out")
-    return *paths, val_slices
+    return split_regions(entries, val_entries, val_slices)[1]
 
 
 def _check_split(cfg: DictConfig) -> tuple[str, int | None]:
@@ -119,37 +150,71 @@ def _check_split(cfg: DictConfig) -> tuple[str, int | None]:
     return split, None if limit is None else int(limit)
 
 
-def _eval_volume(
+def _label_settings(cfg: DictConfig, ckpt_config: dict[str, Any]) -> tuple[str, int | None]:
+    """``(data.labels, data.unlabelled)``: the command line's, else the checkpoint's run's."""
+    data = ckpt_config.get("data", {})
+    given = cfg.get("data") or {}
+    convention = given.get("labels") if _data_overridden() else None
+    unlabelled = given.get("unlabelled") if _data_overridden() else None
+    return (
+        str(convention or data.get("labels") or "auto"),
+        unlabelled if unlabelled is not None else data.get("unlabelled"),
+    )
+
+
+def _eval_volumes(
     cfg: DictConfig,
     pipeline: InferencePipeline,
     split: str,
     limit: int | None,
     stack: contextlib.ExitStack,
-) -> EvalVolume:
-    """The image (opened lazily, closed with ``stack``) and labels that ``split`` scores.
+) -> list[EvalVolume]:
+    """The images (opened lazily, closed with ``stack``) and targets that ``split`` scores.
 
-    For ``split=val`` the image starts up to ``context`` slices before the hold-out, so that
-    2.5D context at its first slice is the real neighbour (the hold-out follows the training
-    slices).
+    ``split=test`` is the one test volume; ``split=val`` every validation box of the run (the
+    held-out slices of each training volume, or its ``val_volumes``), each starting up to
+    ``context`` slices before the box so that 2.5D context at its first slice is the real
+    neighbour (the hold-out follows the training slices). ``limit`` caps the scored slices of
+    each volume.
     """
     config = pipeline.checkpoint.config
-    if split == "val":
-        image_path, mask_path, val_slices = _validation_block(config)
-    else:
+    convention, unlabelled = _label_settings(cfg, config)
+    context = pipeline.checkpoint.preprocessing.context
+    if split == "test":
         image_path, mask_path = _test_paths(cfg, config)
-    source = stack.enter_context(open_volume(image_path))
-    mask = read_mask(mask_path)
-    if source.shape != mask.shape:
-        raise DataError(
-            f"image {image_path} has shape {source.shape} but mask {mask_path} has shape "
-            f"{mask.shape}; they must match"
-        )
-    first = len(source) - val_slices if split == "val" else 0
-    lead = min(first, pipeline.checkpoint.preprocessing.context)
-    stop = len(source) if limit is None else min(len(source), first + limit)
-    return EvalVolume(
-        source.z_range(first - lead, stop), mask[first:stop], lead, image_path, mask_path
-    )
+        source = stack.enter_context(open_volume(image_path))
+        mask = read_targets(str(mask_path), convention, unlabelled, source.shape)
+        stop = len(source) if limit is None else min(len(source), limit)
+        return [EvalVolume(source.z_range(0, stop), mask[:stop], 0, image_path, mask_path)]
+    volumes = []
+    for entry, box in _validation_boxes(config):
+        source = stack.enter_context(open_volume(entry.image))
+        (first, y0, x0), (stop, y1, x1) = box.start, box.stop
+        if limit is not None:
+            stop = min(stop, first + limit)
+        lead = min(first, context)
+        with open_volume(entry.labels, "labels") as labels:
+            offset = entry.offset or (0, 0, 0)
+            stored = labels.read(*Box((first, y0, x0), (stop, y1, x1)).slices(offset))
+        mask = to_targets(stored, entry.labels, convention, unlabelled)
+        if (y0, x0, y1, x1) == (0, 0, *source.shape[1:]):
+            image = source.z_range(first - lead, stop)
+        else:
+            image = CroppedSlices(source, first - lead, stop, slice(y0, y1), slice(x0, x1))
+        volumes.append(EvalVolume(image, mask, lead, Path(entry.image), Path(entry.labels)))
+    return volumes
+
+
+@contextlib.contextmanager
+def validation_volumes(
+    pipeline: InferencePipeline, limit: int | None = None
+) -> Iterator[list[EvalVolume]]:
+    """The checkpoint's validation hold-out exactly as ``split=val`` scores it (for the settings
+    search after training, :mod:`emseg.settings_search`): its volumes, opened lazily and closed
+    on exit, at most ``limit`` scored slices each."""
+    cfg = OmegaConf.create({"split": "val", "limit_slices": limit})
+    with contextlib.ExitStack() as stack:
+        yield _eval_volumes(cfg, pipeline, "val", limit, stack)
 
 
 def _extra_targets(extra_masks: Any, split: str, volume: EvalVolume) -> dict[str, np.ndarray]:
@@ -189,33 +254,42 @@ def _written(probs: Iterator[np.ndarray], sink: VolumeSink | None) -> Iterator[n
 
 
 def _score(
-    cfg: DictConfig, pipeline: InferencePipeline, volume: EvalVolume, output_dir: Path
+    cfg: DictConfig, pipeline: InferencePipeline, volumes: list[EvalVolume], output_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
-    """Predict and score the volume (and the extra masks); optionally save the probabilities."""
+    """Predict and score the volumes, pooled (and the extra masks of the test volume);
+    optionally save the probabilities (one volume only)."""
     split = str(cfg.get("split", "test"))
-    targets = _extra_targets(cfg.get("extra_masks"), split, volume)
+    targets = _extra_targets(cfg.get("extra_masks"), split, volumes[0])
     post, band = pipeline.postprocess, int(cfg.edge_band)
     if targets and int(post.min_size) > 0:
         raise ConfigError("extra_masks cannot be combined with postprocess.min_size > 0")
-    extra = {name: VolumeScores(band, pipeline.threshold) for name in targets}
-    with contextlib.ExitStack() as stack:
-        sink = None
-        if cfg.get("save_predictions"):
-            path = output_dir / "predictions.tif"
-            sink = stack.enter_context(create_sink(path, volume.mask.shape, np.uint8))
-        probs = _scored_against(pipeline.probabilities(volume.image, volume.lead), extra, targets)
-        show = bool(cfg.get("progress", True))
-        probs = progress_bar(_written(probs, sink), len(volume.mask), "evaluate", show)
-        metrics, counts = evaluate_volume(
-            probs,
-            volume.mask,
-            edge_band=band,
-            threshold=pipeline.threshold,
-            min_size=int(post.min_size),
-            connectivity=int(post.connectivity),
+    if cfg.get("save_predictions") and len(volumes) > 1:
+        raise ConfigError(
+            f"save_predictions=true writes one volume, but split={split} scores {len(volumes)}"
         )
-        if sink is not None:
-            sink.commit()
+    extra = {name: VolumeScores(band, pipeline.threshold) for name in targets}
+    pooled = VolumeScores(band, pipeline.threshold)
+    show = bool(cfg.get("progress", True))
+    for volume in volumes:
+        with contextlib.ExitStack() as stack:
+            sink = None
+            if cfg.get("save_predictions"):
+                path = output_dir / "predictions.tif"
+                sink = stack.enter_context(create_sink(path, volume.mask.shape, np.uint8))
+            probs = pipeline.probabilities(volume.image, volume.lead)
+            probs = _scored_against(probs, extra, targets)
+            probs = progress_bar(_written(probs, sink), len(volume.mask), "evaluate", show)
+            metrics, counts = evaluate_volume(
+                probs,
+                volume.mask,
+                edge_band=band,
+                threshold=pipeline.threshold,
+                min_size=int(post.min_size),
+                connectivity=int(post.connectivity),
+                scores=pooled,
+            )
+            if sink is not None:
+                sink.commit()
     extras = {
         name: {
             "test_mask": str(cfg.extra_masks[name]),
@@ -245,26 +319,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
     split, limit = _check_split(cfg)
     pipeline = build_pipeline(cfg)
     with contextlib.ExitStack() as stack:
-        volume = _eval_volume(cfg, pipeline, split, limit, stack)
+        volumes = _eval_volumes(cfg, pipeline, split, limit, stack)
         log.info(
             "evaluating %s on %s (%d slices) with %s",
             pipeline.checkpoint.path,
-            volume.image_path,
-            len(volume.mask),
+            ", ".join(str(volume.image_path) for volume in volumes),
+            sum(len(volume.mask) for volume in volumes),
             pipeline.predictor.describe(),
         )
-        metrics, counts, extras = _score(cfg, pipeline, volume, output_dir)
+        metrics, counts, extras = _score(cfg, pipeline, volumes, output_dir)
+    volume = volumes[0]
     described = pipeline.describe()
     summary = {
         "metrics": metrics,
         "threshold": pipeline.threshold,
         "edge_band": int(cfg.edge_band),
         "split": split,
-        "slices": int(len(volume.mask)),
+        "slices": int(sum(len(v.mask) for v in volumes)),
         "counts": counts,
         "checkpoint": described["checkpoint"],
         "test_image": str(volume.image_path),
         "test_mask": str(volume.mask_path),
+        "volumes": [{"image": str(v.image_path), "labels": str(v.mask_path)} for v in volumes],
         "inference": described["inference"],
         "postprocess": described["postprocess"],
         "checkpoint_settings": described["checkpoint_settings"],

@@ -120,6 +120,7 @@ def evaluate_volume(
     threshold: float = 0.5,
     min_size: int = 0,
     connectivity: int = 1,
+    scores: VolumeScores | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
     """Score a stream of probability slices against a labelled volume.
 
@@ -131,11 +132,13 @@ def evaluate_volume(
         min_size: remove predicted 3D components smaller than this many voxels (0 = off);
             the threshold sweep always uses the probabilities as they are.
         connectivity: 1, 2 or 3 (see :func:`emseg.postprocess.remove_small_components`).
+        scores: accumulate into these scores (several volumes pooled: call once per volume
+            with the same object; the result is that of everything scored so far).
 
     Returns:
         The metrics (:data:`METRIC_KEYS`, floats in [0, 1]) and the pooled confusion counts.
     """
-    scores = VolumeScores(edge_band, threshold)
+    scores = VolumeScores(edge_band, threshold) if scores is None else scores
     kept: list[np.ndarray] = []
     depth = 0
     for z, probs in enumerate(probabilities):

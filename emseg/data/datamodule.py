@@ -27,10 +27,12 @@ from emseg.data.volumes import (
     Box,
     TrainingVolume,
     VolumeEntry,
-    labelled_region,
+    held_out_slices,
     load_volume,
     parse_entries,
     read_targets,
+    split_regions,
+    training_entries,
 )
 from emseg.errors import ConfigError, DataError
 from emseg.io import open_volume, read_image
@@ -38,25 +40,6 @@ from emseg.io import open_volume, read_image
 __all__ = ["EMDataModule"]
 
 log = logging.getLogger(__name__)
-
-
-def _training_entries(
-    train_image: str | None, train_mask: str | None, volumes: list | None
-) -> list[VolumeEntry]:
-    """The training volume entries: ``data.volumes``, or the one of ``train_image`` /
-    ``train_mask`` (exactly one of the two forms; ConfigError otherwise)."""
-    single = train_image is not None or train_mask is not None
-    if single and volumes is not None:
-        raise ConfigError(
-            "give the training data either as data.train_image + data.train_mask or as "
-            "data.volumes, not both (set the other to null)"
-        )
-    if volumes is not None:
-        return parse_entries(volumes, "data.volumes")
-    if not (train_image and train_mask):
-        missing = "data.train_mask" if train_image else "data.train_image"
-        raise ConfigError(f"{missing} is not set (or give data.volumes)")
-    return parse_entries([{"image": train_image, "labels": train_mask}], "data.train_image")
 
 
 def check_voxel_size(value: object) -> list[float] | None:
@@ -167,7 +150,7 @@ class EMDataModule(L.LightningDataModule):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        self.entries = _training_entries(train_image, train_mask, volumes)
+        self.entries = training_entries(train_image, train_mask, volumes)
         self.val_entries = (
             None if val_volumes is None else parse_entries(val_volumes, "data.val_volumes")
         )
@@ -225,37 +208,12 @@ class EMDataModule(L.LightningDataModule):
         Raises:
             ConfigError: no training slice would be left.
         """
-        val_slices = self.hparams.val_slices
-        count = val_slices if isinstance(val_slices, int) else math.floor(val_slices * depth + 0.5)
-        count = max(1, count)
-        if count >= depth:
-            where = name or self.entries[0].image
-            raise ConfigError(
-                f"data.val_slices={val_slices} leaves no training slices in {where} "
-                f"({depth} labelled slices); lower it or give data.val_volumes"
-            )
-        return count
+        return held_out_slices(self.hparams.val_slices, depth, name or self.entries[0].image)
 
     def plan(self) -> tuple[list[tuple[VolumeEntry, Box]], list[tuple[VolumeEntry, Box]]]:
-        """``(training, validation)`` boxes (image voxels) of every volume entry.
-
-        With ``val_volumes`` the validation boxes are their labelled regions and the training
-        volumes are used whole; otherwise the last ``val_slices`` slices of each training
-        volume's labelled region are held out (z-contiguous). Only shapes are read.
-        """
+        """``(training, validation)`` boxes of every volume entry (:func:`split_regions`)."""
         if self._plan is None:
-            train, val = [], []
-            for entry in self.entries:
-                region = labelled_region(entry)
-                if self.val_entries is not None:
-                    train.append((entry, region))
-                    continue
-                split = region.stop[0] - self.held_out(region.shape[0], entry.image)
-                train.append((entry, Box(region.start, (split, *region.stop[1:]))))
-                val.append((entry, Box((split, *region.start[1:]), region.stop)))
-            for entry in self.val_entries or []:
-                val.append((entry, labelled_region(entry)))
-            self._plan = train, val
+            self._plan = split_regions(self.entries, self.val_entries, self.hparams.val_slices)
         return self._plan
 
     def _training_slices(self) -> str:

@@ -21,6 +21,7 @@ than a patch still trains. Axes are always ``(Z, Y, X)`` voxels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,10 +38,13 @@ __all__ = [
     "LazyImage",
     "TrainingVolume",
     "VolumeEntry",
+    "held_out_slices",
     "labelled_region",
     "load_volume",
     "parse_entries",
     "read_targets",
+    "split_regions",
+    "training_entries",
 ]
 
 _ENTRY_KEYS = {"image", "labels", "offset", "roi", "name"}
@@ -298,6 +302,72 @@ def _region(entry: VolumeEntry, image_shape: tuple[int, int, int], labels_shape)
             f"{entry.labels} (voxels {labels_box})"
         )
     return region
+
+
+def training_entries(
+    train_image: str | None, train_mask: str | None, volumes: list | None
+) -> list[VolumeEntry]:
+    """The training volume entries: ``data.volumes``, or the one of ``train_image`` /
+    ``train_mask`` (exactly one of the two forms; ConfigError otherwise)."""
+    single = train_image is not None or train_mask is not None
+    if single and volumes is not None:
+        raise ConfigError(
+            "give the training data either as data.train_image + data.train_mask or as "
+            "data.volumes, not both (set the other to null)"
+        )
+    if volumes is not None:
+        return parse_entries(volumes, "data.volumes")
+    if not (train_image and train_mask):
+        missing = "data.train_mask" if train_image else "data.train_image"
+        raise ConfigError(f"{missing} is not set (or give data.volumes)")
+    return parse_entries([{"image": train_image, "labels": train_mask}], "data.train_image")
+
+
+def held_out_slices(val_slices: int | float, depth: int, where: str) -> int:
+    """Slices held out for validation at the end of a labelled region of ``depth`` slices.
+
+    Args:
+        val_slices: a slice count, or a fraction in (0, 1) of ``depth`` (rounded half up, at
+            least one slice).
+        where: the volume, for the message.
+
+    Raises:
+        ConfigError: no training slice would be left.
+    """
+    count = val_slices if isinstance(val_slices, int) else math.floor(val_slices * depth + 0.5)
+    count = max(1, int(count))
+    if count >= depth:
+        raise ConfigError(
+            f"data.val_slices={val_slices} leaves no training slices in {where} "
+            f"({depth} labelled slices); lower it or give data.val_volumes"
+        )
+    return count
+
+
+def split_regions(
+    entries: Sequence[VolumeEntry],
+    val_entries: Sequence[VolumeEntry] | None,
+    val_slices: int | float,
+) -> tuple[list[tuple[VolumeEntry, Box]], list[tuple[VolumeEntry, Box]]]:
+    """``(training, validation)`` boxes (image voxels) of every volume entry.
+
+    With ``val_entries`` the validation boxes are their labelled regions and the training
+    volumes are used whole; otherwise the last ``val_slices`` slices of each training volume's
+    labelled region are held out (z-contiguous: neighbouring EM slices are nearly identical,
+    so a random hold-out would leak the training data). Only shapes are read.
+    """
+    train, val = [], []
+    for entry in entries:
+        region = labelled_region(entry)
+        if val_entries is not None:
+            train.append((entry, region))
+            continue
+        split = region.stop[0] - held_out_slices(val_slices, region.shape[0], entry.image)
+        train.append((entry, Box(region.start, (split, *region.stop[1:]))))
+        val.append((entry, Box((split, *region.start[1:]), region.stop)))
+    for entry in val_entries or []:
+        val.append((entry, labelled_region(entry)))
+    return train, val
 
 
 def labelled_region(entry: VolumeEntry) -> Box:
