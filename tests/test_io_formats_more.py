@@ -163,6 +163,32 @@ def test_n5_store_not_found_or_not_a_folder(tmp_path):
         open_volume(tmp_path / "file.n5" / "raw")
 
 
+def _read_in_fork(source, queue) -> None:
+    try:
+        queue.put(int(source.read().sum()))
+    except DataError as err:
+        queue.put(str(err))
+
+
+def test_n5_in_a_forked_worker_is_one_error_not_an_abort(n5_store):
+    """tensorstore aborts a forked child that calls it; the source refuses first, clearly."""
+    import multiprocessing
+
+    store, data = n5_store
+    with open_volume(f"{store}/em/raw") as source:
+        source.read(0)  # tensorstore's threads now run in this process
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_read_in_fork, args=(source, queue))
+        child.start()
+        message = queue.get(timeout=60)
+        child.join(timeout=60)
+    assert child.exitcode == 0
+    assert (
+        "cannot be read in a process forked after N5 was read; start workers with spawn" in message
+    )
+
+
 def test_n5_dataset_listing_skips_blocks(n5_store):
     store, _ = n5_store
     _write_n5(store / "em" / "mito", np.zeros((2, 8, 8), np.uint8), (1, 8, 8))

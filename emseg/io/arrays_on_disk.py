@@ -137,6 +137,8 @@ class _ArraySource(VolumeSource):
         index = (0,) * self._lead + inner + (0,) * self._trail
         try:
             block = np.asarray(self._array[index])
+        except DataError:
+            raise
         except Exception as err:  # codecs and stores raise many types for a broken chunk
             raise DataError(
                 f"{self.path}: cannot read slices {z.start}-{z.stop - 1} "

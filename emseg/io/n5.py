@@ -25,6 +25,7 @@ signs of a dataset still being written: see :mod:`emseg.io.arrays_on_disk`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,35 @@ _CACHE_BYTES = 256 * 2**20
 _LISTING_DEPTH = 8
 
 
-def _tensorstore() -> Any:
-    """The ``tensorstore`` module, or a :class:`DataError` saying how to install it."""
+# The process that first used tensorstore: its threads do not survive fork(), and tensorstore
+# aborts a forked child that calls it (even on a fresh open), so children are refused first.
+_TENSORSTORE_PID: int | None = None
+
+
+def _tensorstore(where: Path) -> Any:
+    """The ``tensorstore`` module, or a :class:`DataError` saying how to install it, or why a
+    forked process (a ``fork`` DataLoader worker) cannot use it."""
+    global _TENSORSTORE_PID
+    _check_not_forked(where)
     try:
         import tensorstore
     except ImportError as err:  # an environment installed before N5 support was added
         raise DataError(
-            "reading N5 needs the tensorstore package: pip install tensorstore "
+            f"{where}: reading N5 needs the tensorstore package: pip install tensorstore "
             "(or reinstall emseg: pip install -e .)"
         ) from err
+    _TENSORSTORE_PID = _TENSORSTORE_PID or os.getpid()
     return tensorstore
+
+
+def _check_not_forked(where: Path) -> None:
+    """Refuse to call tensorstore in a child forked after the parent used it (it would abort
+    the child: a worker that dies without a message)."""
+    if _TENSORSTORE_PID is not None and _TENSORSTORE_PID != os.getpid():
+        raise DataError(
+            f"{where}: N5 (tensorstore) cannot be read in a process forked after N5 was read; "
+            "start workers with spawn or forkserver (data.multiprocessing_context=spawn)"
+        )
 
 
 def _attributes(folder: Path) -> dict | None:
@@ -115,12 +135,13 @@ def _n5_voxel_size(attrs: dict) -> tuple[float, float, float] | None:
 class _ZYXView:
     """A tensorstore array of N5 axes ``(x, y, z, ...)`` seen as ``(..., z, y, x)``."""
 
-    def __init__(self, store: Any) -> None:
-        self._store = store.T
+    def __init__(self, store: Any, where: Path) -> None:
+        self._store, self._where = store.T, where
         self.shape = tuple(int(s) for s in self._store.shape)
         self.dtype = np.dtype(self._store.dtype.numpy_dtype)
 
     def __getitem__(self, index: tuple) -> np.ndarray:
+        _check_not_forked(self._where)
         return self._store[index].read().result()
 
 
@@ -166,7 +187,7 @@ class N5Source(_ArraySource):
     def __init__(self, path: Path, key: str) -> None:
         where = Path(f"{path}/{key}" if key else str(path))
         key, attrs, group = _resolve(path, key, where)
-        ts = _tensorstore()
+        ts = _tensorstore(where)
         spec = {
             "driver": "n5",
             "kvstore": {"driver": "file", "path": str(path / key)},
@@ -178,7 +199,7 @@ class N5Source(_ArraySource):
         except Exception as err:  # tensorstore raises ValueError / OSError-like statuses
             raise DataError(f"{where}: not a readable N5 dataset ({err})") from err
         voxel = _n5_voxel_size(attrs) or (_n5_voxel_size(group) if group else None)
-        super().__init__(where, _ZYXView(store), voxel)
+        super().__init__(where, _ZYXView(store, where), voxel)
 
     def close(self) -> None:
         self._array = None
