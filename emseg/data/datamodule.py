@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
@@ -25,6 +26,7 @@ from emseg.data.labels import check_label_settings
 from emseg.data.normalization import AUTO, check_statistic, pooled_statistics, sample_statistics
 from emseg.data.volumes import (
     Box,
+    LazyImage,
     TrainingVolume,
     VolumeEntry,
     held_out_slices,
@@ -36,6 +38,7 @@ from emseg.data.volumes import (
 )
 from emseg.errors import ConfigError, DataError
 from emseg.io import open_volume, read_image
+from emseg.io.formats import parse_volume
 
 __all__ = ["EMDataModule"]
 
@@ -150,6 +153,11 @@ class EMDataModule(L.LightningDataModule):
         name: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain lists / dicts in the hyper-parameters (checkpoints load with weights_only).
+        volumes, val_volumes, voxel_size = (
+            OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
+            for v in (volumes, val_volumes, voxel_size)
+        )
         self.entries = training_entries(train_image, train_mask, volumes)
         self.val_entries = (
             None if val_volumes is None else parse_entries(val_volumes, "data.val_volumes")
@@ -414,6 +422,12 @@ class EMDataModule(L.LightningDataModule):
     def _worker_context(self) -> str | None:
         if self.hparams.multiprocessing_context is not None:
             return self.hparams.multiprocessing_context
+        if self.train_set is not None and any(
+            isinstance(v.image, LazyImage) and parse_volume(v.image.spec)[0] == "n5"
+            for v in self.train_set.volumes
+        ):
+            # tensorstore (N5) aborts a forked child that calls it once the parent has.
+            return "spawn"
         current = multiprocessing.get_start_method(allow_none=True)
         if current not in (None, "fork") and "fork" in multiprocessing.get_all_start_methods():
             return "fork"
