@@ -1,4 +1,5 @@
-"""Training entry point: build everything from the Hydra config, fit, test, write metrics.json."""
+"""Training entry point: build everything from the Hydra config, fit, test, choose the inference
+settings on the validation hold-out (``choose_settings``), write metrics.json."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from emseg.errors import ConfigError
 from emseg.hardware import describe_hardware, set_torch_threads
-from emseg.inference.settings import applicable_evaluation
+from emseg.inference.settings import SETTING_GROUPS, SETTING_KEYS, applicable_evaluation
 from emseg.io.atomic import write_json_atomic
 from emseg.io.checkpoint import read_checkpoint
 from emseg.model import build_net, prepare_fine_tuning
 from emseg.module import SegmentationModule
 from emseg.records import log_hparams, record_environment, run_hparams
 from emseg.run_dir import claim_run_dir, finished_metrics
+from emseg.settings_search import SettingsSearch, choose_and_store
 
 __all__ = ["build", "check_config", "run"]
 
@@ -263,8 +265,48 @@ def _fit_and_record(
         metrics.update({k: float(v) for k, v in results[0].items()})
     if trainer.is_global_zero:
         summary = {"metrics": metrics, "hparams": hparams}
+        if _wants_search(cfg, module):
+            summary["evaluation"] = _choose_settings(cfg, trainer, module, metrics)
         write_json_atomic(output_dir / "metrics.json", summary)
     return metrics
+
+
+def _has_settings(block: dict) -> bool:
+    """Whether an evaluation block sets anything (the default one has empty groups)."""
+    return any(block.get(g) for g in SETTING_GROUPS) or any(k in block for k in SETTING_KEYS)
+
+
+def _wants_search(cfg: DictConfig, module: SegmentationModule) -> bool:
+    """``choose_settings``: true, false, or auto = unless the run stores an evaluation block
+    chosen for its data (``experiment=fast`` on EPFL)."""
+    mode = cfg.get("choose_settings", False)
+    if mode == "auto" and _has_settings((module.run_config or {}).get("evaluation") or {}):
+        log.info("choose_settings=auto: the run's evaluation block applies to its data; kept")
+        return False
+    return bool(mode)
+
+
+def _choose_settings(
+    cfg: DictConfig, trainer: L.Trainer, module: SegmentationModule, metrics: dict[str, float]
+) -> dict:
+    """Choose the evaluation settings on the validation hold-out with the best checkpoint and
+    store them in it (:mod:`emseg.settings_search`); adds ``settings_search/*`` to ``metrics``.
+
+    Returns:
+        The stored block, or ``{}`` when there is no best checkpoint (no validation).
+    """
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    if not best:
+        log.warning("choose_settings: no best checkpoint (no validation hold-out?): skipped")
+        return {}
+    search: SettingsSearch = instantiate(cfg.settings_search)
+    start = time.perf_counter()
+    block = choose_and_store(best, search, module.run_config["data"], Path(cfg.paths.output_dir))
+    metrics["settings_search/seconds"] = time.perf_counter() - start
+    metrics["settings_search/fg_iou"] = float(block["validation_fg_iou"])
+    metrics["settings_search/fg_iou_of_defaults"] = float(block["validation_fg_iou_of_defaults"])
+    return block
 
 
 def _best_key(monitor: str) -> str:
@@ -309,3 +351,8 @@ def check_config(cfg: DictConfig) -> None:
     """Reject config values that would only fail deep inside training (or not at all)."""
     _positive(cfg, "trainer.max_epochs", int)
     _positive(cfg, "optim.lr", float)
+    mode = cfg.get("choose_settings", False)
+    if mode not in (True, False, "auto"):
+        raise ConfigError(f"choose_settings must be true, false or auto, got {mode!r}")
+    if mode:
+        instantiate(cfg.settings_search)  # its candidates are checked before training

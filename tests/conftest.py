@@ -71,6 +71,8 @@ TINY_OVERRIDES = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "++callbacks.progress_bar=null",
+    # The search after fit (+1 s a run) is tested in tests/test_settings_search.py.
+    "choose_settings=false",
 ]
 
 

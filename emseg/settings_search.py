@@ -1,0 +1,364 @@
+"""Inference settings chosen on a run's own validation hold-out after training.
+
+nnU-Net decides its post-processing on the validation predictions of the trained model;
+``train.py`` does the same (``choose_settings``): the best checkpoint predicts the validation
+hold-out once per candidate ``(border_pad, tta)``, and every 3D median and threshold is scored
+on those cached probabilities (pooled foreground IoU, as ``eval.py split=val`` scores). The
+simplest candidate within ``margin`` of the best validation fg IoU wins
+(:func:`choose`), and is stored in the checkpoint as its ``evaluation`` block, which
+``eval.py`` / ``predict.py`` apply beneath explicit overrides. The test volume is never read.
+
+Cost: ``len(border_pads) + len(ttas) - 1`` predictions of the hold-out (the other TTAs are
+tried with the border padding chosen without TTA), each followed by ``len(median_sides)``
+median filters of it; the thresholds cost a comparison each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emseg.errors import ConfigError
+from emseg.evaluate import validation_volumes
+from emseg.inference import InferencePipeline, WindowSettings
+from emseg.inference.checkpoint import load_checkpoint
+from emseg.inference.pipeline import voxel_size_of
+from emseg.inference.tta import TTA_MODES
+from emseg.io.atomic import atomic_path, write_json_atomic
+from emseg.io.checkpoint import read_checkpoint
+from emseg.postprocess import OFF, Footprint, median_filter_volume, median_voxels
+
+__all__ = [
+    "Candidate",
+    "SettingsSearch",
+    "choose",
+    "choose_and_store",
+    "evaluation_block",
+    "log_table",
+    "median_candidates",
+    "search_settings",
+    "store_in_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BORDER_PAD = WindowSettings().border_pad
+# Forward passes per window of each TTA mode: the compute cost the simplicity order counts.
+TTA_PASSES = {"none": 1, "flips": 4, "d4": 8}
+
+
+@dataclass(frozen=True)
+class SettingsSearch:
+    """The candidates of the search after training (``settings_search`` in conf/train.yaml).
+
+    Attributes:
+        border_pads: ``inference.border_pad`` candidates (the default, 32, is always one).
+        ttas: ``inference.tta`` candidates (``none`` is always one); the others are tried
+            with the border padding chosen without TTA only.
+        median_sides: 3D median candidates besides off, as in-plane sides in voxels; with a
+            known voxel size each is the extent ``side x`` the in-plane voxel size in nm on
+            every axis (fewer slices for thick sections, ``postprocess.median_nm``).
+        thresholds: probability thresholds (0.5 is always one).
+        margin: fg IoU that a more complex candidate must gain over the simplest one within
+            reach to be chosen.
+        max_slices: at most this many slices of the hold-out (memory: four float32 copies).
+    """
+
+    border_pads: Sequence[int] = (32, 0)
+    ttas: Sequence[str] = ("none", "flips")
+    median_sides: Sequence[int] = (3, 5, 7)
+    thresholds: Sequence[float] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    margin: float = 0.003
+    max_slices: int | None = 64
+
+    def __post_init__(self) -> None:
+        pads = sorted({DEFAULT_BORDER_PAD, *map(int, self.border_pads)})
+        ttas = ["none", *[str(t) for t in self.ttas if str(t) != "none"]]
+        sides = sorted({int(s) for s in self.median_sides})
+        thresholds = sorted({DEFAULT_THRESHOLD, *map(float, self.thresholds)})
+        if any(p < 0 for p in pads):
+            raise ConfigError(f"settings_search.border_pads must be >= 0, got {pads}")
+        if any(t not in TTA_MODES for t in ttas):
+            raise ConfigError(f"settings_search.ttas must be of {', '.join(TTA_MODES)}: {ttas}")
+        if any(s < 3 or s % 2 == 0 for s in sides):
+            raise ConfigError(f"settings_search.median_sides must be odd and >= 3, got {sides}")
+        if any(not 0 < t < 1 for t in thresholds):
+            raise ConfigError(f"settings_search.thresholds must be in (0, 1), got {thresholds}")
+        if not float(self.margin) >= 0:
+            raise ConfigError(f"settings_search.margin must be >= 0, got {self.margin}")
+        if self.max_slices is not None and int(self.max_slices) < 1:
+            raise ConfigError(f"settings_search.max_slices must be positive or null: {self}")
+        for name, value in [("border_pads", pads), ("ttas", ttas), ("median_sides", sides)]:
+            object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "thresholds", tuple(thresholds))
+
+
+@dataclass(frozen=True)
+class Median:
+    """A 3D median candidate: its ``postprocess`` keys and its ``(Z, Y, X)`` footprint."""
+
+    setting: dict[str, Any]
+    footprint: Footprint
+
+    @property
+    def label(self) -> str:
+        nm = self.setting.get("median_nm")
+        size = "x".join(map(str, self.footprint))
+        return "off" if self.footprint == OFF else f"{size}" + (f" ({nm:g} nm)" if nm else "")
+
+
+MEDIAN_OFF = Median({"median_size": 0, "median_nm": None}, OFF)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored combination of settings, with its pooled validation fg IoU."""
+
+    border_pad: int
+    tta: str
+    median: Median
+    threshold: float
+    fg_iou: float
+
+    @property
+    def changes(self) -> int:
+        """How many settings differ from the defaults (the simplicity order's first key)."""
+        return sum(
+            [
+                self.border_pad != DEFAULT_BORDER_PAD,
+                self.tta != "none",
+                self.median.footprint != OFF,
+                self.threshold != DEFAULT_THRESHOLD,
+            ]
+        )
+
+    def simplicity(self) -> tuple:
+        """Sort key: fewer changes, then fewer forward passes, a smaller median, higher IoU."""
+        median = int(np.prod(self.median.footprint))
+        return (self.changes, TTA_PASSES.get(self.tta, 8), median, -self.fg_iou)
+
+    def as_row(self) -> dict[str, Any]:
+        """The candidate as a JSON row."""
+        return {
+            "border_pad": self.border_pad,
+            "tta": self.tta,
+            "median": self.median.label,
+            "median_footprint": list(self.median.footprint),
+            **self.median.setting,
+            "threshold": self.threshold,
+            "fg_iou": self.fg_iou,
+            "changes": self.changes,
+        }
+
+
+def choose(candidates: Sequence[Candidate], margin: float) -> Candidate:
+    """The simplest candidate whose fg IoU is within ``margin`` of the best one's.
+
+    "Simplest" is :meth:`Candidate.simplicity`: fewest settings changed from the defaults
+    (border 32, no TTA, no median, threshold 0.5), then the cheapest; so a change is kept only
+    when it gains more than ``margin`` over every simpler candidate.
+    """
+    best = max(c.fg_iou for c in candidates)
+    within = [c for c in candidates if c.fg_iou >= best - margin]
+    return min(within, key=Candidate.simplicity)
+
+
+def median_candidates(
+    sides: Sequence[int], voxel_size: Sequence[float] | None, in_config: bool
+) -> list[Median]:
+    """Off and one median per in-plane side, deduplicated by footprint.
+
+    With a voxel size the side is an extent, ``side x`` the in-plane voxel size in nm on every
+    axis (so thick sections get fewer slices): stored as ``median_nm`` when the checkpoint
+    records the voxel size (``in_config``), else as the per-axis ``median_size`` it gives here.
+    Without one, ``side^3`` voxels.
+    """
+    medians = [MEDIAN_OFF]
+    for side in sides:
+        if voxel_size is None:
+            median = Median({"median_size": int(side), "median_nm": None}, (side, side, side))
+        else:
+            nm = float(side) * min(voxel_size[1], voxel_size[2])
+            footprint = median_voxels(nm, voxel_size)
+            sizes = footprint[0] if len(set(footprint)) == 1 else list(footprint)
+            setting = {"median_size": 0, "median_nm": nm} if in_config else {}
+            median = Median(setting or {"median_size": sizes, "median_nm": None}, footprint)
+        if all(m.footprint != median.footprint for m in medians):
+            medians.append(median)
+    return medians
+
+
+def _iou_per_threshold(
+    probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], thresholds: Sequence[float]
+) -> list[float]:
+    """Pooled fg IoU of ``probs > t`` against ``masks`` for every t.
+
+    ``probs`` float and ``masks`` in {0, 1, IGNORE}, ``(Z, Y, X)`` each; unlabelled (IGNORE)
+    voxels are left out, as eval.py leaves them out.
+    """
+    tp = np.zeros(len(thresholds))
+    fp = np.zeros(len(thresholds))
+    positives = 0
+    for prob, mask in zip(probs, masks, strict=True):
+        fg, bg = prob[mask == 1], prob[mask == 0]
+        positives += fg.size
+        for i, t in enumerate(thresholds):
+            tp[i] += np.count_nonzero(fg > t)
+            fp[i] += np.count_nonzero(bg > t)
+    union = positives + fp  # tp + fn + fp
+    return [float(a / u) if u else 1.0 for a, u in zip(tp, union, strict=True)]
+
+
+def _scored(
+    probs: list[np.ndarray],
+    masks: list[np.ndarray],
+    window: WindowSettings,
+    medians: Sequence[Median],
+    thresholds: Sequence[float],
+) -> Iterator[Candidate]:
+    """Every median x threshold candidate on the cached probabilities of one window setting."""
+    threads = torch.get_num_threads()
+    for median in medians:
+        filtered = [median_filter_volume(p, median.footprint, threads) for p in probs]
+        ious = _iou_per_threshold(filtered, masks, thresholds)
+        for threshold, iou in zip(thresholds, ious, strict=True):
+            yield Candidate(window.border_pad, window.tta, median, threshold, iou)
+
+
+def _predict(pipeline: InferencePipeline, volumes: list, window: WindowSettings) -> list:
+    """The ``(Z, Y, X)`` validation probabilities of each volume with ``window``, no median."""
+    pipe = InferencePipeline(pipeline.checkpoint, window)
+    return [np.stack(list(pipe.probabilities(v.image, v.lead))) for v in volumes]
+
+
+def search_settings(
+    checkpoint_path: Path | str, search: SettingsSearch
+) -> tuple[Candidate, list[Candidate], dict[str, Any]]:
+    """Score the candidates of ``search`` on the checkpoint's validation hold-out.
+
+    Returns:
+        The chosen candidate (:func:`choose`), every scored candidate, and facts for the
+        record (voxel size, slices, seconds).
+    """
+    start = time.perf_counter()
+    pipeline = InferencePipeline(load_checkpoint(checkpoint_path))
+    configured = (pipeline.checkpoint.config.get("data") or {}).get("voxel_size")
+    with validation_volumes(pipeline, search.max_slices) as volumes:
+        voxel_size = voxel_size_of(pipeline.checkpoint.config, volumes[0].image)
+        medians = median_candidates(search.median_sides, voxel_size, configured is not None)
+        masks = [v.mask for v in volumes]
+        scored: list[Candidate] = []
+        base = WindowSettings()
+        for border_pad in search.border_pads:
+            window = replace(base, border_pad=border_pad)
+            probs = _predict(pipeline, volumes, window)
+            scored += _scored(probs, masks, window, medians, search.thresholds)
+            log.info("settings search: border_pad %d scored (%.0f s)", border_pad, _since(start))
+        border_pad = choose(scored, float(search.margin)).border_pad
+        for tta in search.ttas[1:]:
+            window = replace(base, border_pad=border_pad, tta=tta)
+            probs = _predict(pipeline, volumes, window)
+            scored += _scored(probs, masks, window, medians, search.thresholds)
+            log.info("settings search: tta %s scored (%.0f s)", tta, _since(start))
+    facts = {
+        "checkpoint": str(pipeline.checkpoint.path),
+        "voxel_size": list(voxel_size) if voxel_size else None,
+        "validation_slices": int(sum(len(m) for m in masks)),
+        "seconds": _since(start),
+    }
+    return choose(scored, float(search.margin)), scored, facts
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _default(scored: Sequence[Candidate]) -> Candidate:
+    return next(c for c in scored if c.changes == 0)
+
+
+def evaluation_block(chosen: Candidate, scored: Sequence[Candidate], data: Mapping) -> dict:
+    """The checkpoint's ``evaluation`` block for ``chosen``, named for this run's data.
+
+    ``chosen_on`` holds the run's training data (``train_image`` / ``train_mask``, or its
+    ``volumes`` list), so that :func:`emseg.inference.settings.applicable_evaluation` keeps
+    the block only for them.
+    """
+    chosen_on = {k: data[k] for k in ("train_image", "train_mask", "volumes") if data.get(k)}
+    return {
+        "chosen_on": chosen_on,
+        "chosen_by": "this run's validation hold-out (train.py's search, settings_search.json)",
+        "inference": {"border_pad": chosen.border_pad, "tta": chosen.tta},
+        "postprocess": dict(chosen.median.setting),
+        "threshold": chosen.threshold,
+        "validation_fg_iou": chosen.fg_iou,
+        "validation_fg_iou_of_defaults": _default(scored).fg_iou,
+    }
+
+
+def store_in_checkpoint(path: Path | str, block: Mapping[str, Any]) -> None:
+    """Replace the ``evaluation`` block of the checkpoint at ``path`` (atomically rewritten)."""
+    checkpoint = read_checkpoint(path, weights_only=False)  # this run's own file
+    checkpoint["emseg_config"] = {**checkpoint["emseg_config"], "evaluation": dict(block)}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def log_table(scored: Sequence[Candidate], chosen: Candidate) -> None:
+    """One line per (border_pad, tta, median): fg IoU at 0.5 and at its best threshold."""
+    groups: dict[tuple, list[Candidate]] = {}
+    for c in scored:
+        groups.setdefault((c.border_pad, c.tta, c.median.label), []).append(c)
+    log.info("settings search on validation (fg IoU at 0.5 | best threshold):")
+    for (pad, tta, median), rows in groups.items():
+        at_default = next(c for c in rows if c.threshold == DEFAULT_THRESHOLD).fg_iou
+        best = max(rows, key=lambda c: c.fg_iou)
+        log.info(
+            "  border_pad %3d  tta %-5s  median %-16s %.4f | %.4f at %.2f",
+            pad,
+            tta,
+            median,
+            at_default,
+            best.fg_iou,
+            best.threshold,
+        )
+    log.info(
+        "chosen: border_pad %d, tta %s, median %s, threshold %.2f: fg IoU %.4f",
+        chosen.border_pad,
+        chosen.tta,
+        chosen.median.label,
+        chosen.threshold,
+        chosen.fg_iou,
+    )
+
+
+def choose_and_store(
+    checkpoint_path: Path | str, search: SettingsSearch, data: Mapping, output_dir: Path
+) -> dict[str, Any]:
+    """Search, log the table, write ``settings_search.json`` and store the chosen block.
+
+    Returns:
+        The stored ``evaluation`` block.
+    """
+    chosen, scored, facts = search_settings(checkpoint_path, search)
+    block = evaluation_block(chosen, scored, data)
+    log_table(scored, chosen)
+    record = {
+        **facts,
+        "search": asdict(search),
+        "chosen": chosen.as_row(),
+        "evaluation": block,
+        "candidates": [c.as_row() for c in scored],
+    }
+    write_json_atomic(output_dir / "settings_search.json", record)
+    store_in_checkpoint(checkpoint_path, block)
+    log.info("stored in %s; written %s", checkpoint_path, output_dir / "settings_search.json")
+    return block
