@@ -194,3 +194,27 @@ def test_unlabelled_voxels_are_left_out_of_the_search():
     (iou,) = _iou_per_threshold([probs], [partial], [0.5])
     assert iou == pytest.approx(_fg_iou(probs[labelled] > 0.5, mask[labelled]))
     assert iou != pytest.approx(_iou_per_threshold([probs], [mask], [0.5])[0])
+
+
+def test_thick_sections_get_median_candidates_in_nanometres(tmp_path, synthetic_data_dir):
+    """With data.voxel_size, the median candidates are extents in nm (no z-extent at 50 nm
+    sections), stored as median_nm, and eval.py converts them with the checkpoint's voxel size."""
+    from tests.conftest import TINY_OVERRIDES
+
+    extra = ["logger=none", "test_after_fit=false", "choose_settings=true"]
+    extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
+    extra += ["settings_search.median_sides=[3]", "settings_search.ttas=[none]"]
+    extra += ["++data.voxel_size=[50,5,5]"]
+    run_dir = tmp_path / "run"
+    run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
+    record = json.loads((run_dir / "settings_search.json").read_text())
+    medians = {(r["median"], r["median_nm"]) for r in record["candidates"]}
+    assert medians == {("off", None), ("1x3x3 (15 nm)", 15.0)}
+    block = torch.load(_best(run_dir), weights_only=False)["emseg_config"]["evaluation"]
+    block["postprocess"] = {"median_size": 0, "median_nm": 15.0}  # as if the median won
+    path = tmp_path / "nm.ckpt"
+    checkpoint = torch.load(_best(run_dir), weights_only=False)
+    checkpoint["emseg_config"]["evaluation"] = block
+    torch.save(checkpoint, path)
+    pipeline = build_pipeline(compose_cfg("eval", [f"ckpt_path={path}"], tmp_path / "eval"))
+    assert pipeline.postprocess.median_nm == 15.0 and pipeline.median_footprint() == (1, 3, 3)
