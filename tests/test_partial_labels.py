@@ -402,3 +402,13 @@ def test_eval_split_val_scores_every_validation_volume(tmp_path, synthetic_data_
     pixels = sum(summary["counts"]["all"].values())
     assert pixels == 2 * 96 * 96 + 2 * 64 * 64
     assert 0.0 <= metrics["fg_iou"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["custom", "epfl"])
+def test_data_configs_name_every_datamodule_argument(name):
+    """The template explains every EMDataModule argument (and epfl.yaml lists them)."""
+    import inspect
+
+    params = set(inspect.signature(EMDataModule.__init__).parameters) - {"self"}
+    keys = set(OmegaConf.load(f"{CONFIG_DIR}/data/{name}.yaml")) - {"_target_"}
+    assert params == keys
