@@ -294,3 +294,23 @@ def test_predict_reads_any_format_the_same(tmp_path, capsys, tiny_checkpoint):
     assert outputs["tiff"].shape == data.shape
     for name in ("hdf5", "zarr", "folder"):
         np.testing.assert_array_equal(outputs[name], outputs["tiff"], err_msg=name)
+
+
+def test_an_ome_zarr_level_is_chosen_by_name_with_its_voxel_size(tmp_path):
+    """``store.zarr`` is level 0; ``store.zarr/1`` is level 1, with level 1's voxel size."""
+    import zarr
+
+    data = (np.arange(4 * 16 * 16) % 251).astype(np.uint8).reshape(4, 16, 16)
+    ome = zarr.open_group(tmp_path / "ome.zarr", mode="w")
+    ome.create_array("0", shape=data.shape, dtype=data.dtype)[:] = data
+    ome.create_array("1", shape=(4, 8, 8), dtype=data.dtype)[:] = data[:, ::2, ::2]
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    levels = [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": s}]}
+        for i, s in enumerate([[50, 5, 5], [50, 10, 10]])
+    ]
+    ome.attrs.update({"multiscales": [{"version": "0.4", "axes": axes, "datasets": levels}]})
+    with open_volume(tmp_path / "ome.zarr") as level0, open_volume(f"{tmp_path}/ome.zarr/1") as one:
+        assert level0.shape == (4, 16, 16) and level0.voxel_size == pytest.approx((50, 5, 5))
+        assert one.shape == (4, 8, 8) and one.voxel_size == pytest.approx((50, 10, 10))
+        np.testing.assert_array_equal(one.read(), data[:, ::2, ::2])

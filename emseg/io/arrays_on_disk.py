@@ -188,6 +188,9 @@ class HDF5Source(_ArraySource):
 class ZarrSource(_ArraySource):
     """The array ``key`` of a Zarr store (v2 or v3; ``store.zarr/key``), or its level 0.
 
+    An OME-Zarr multiscale group means its level 0; a level is chosen by naming it
+    (``store.zarr/2``), and its voxel size is read from the group's metadata either way.
+
     Raises:
         DataError: not a Zarr store, ``key`` missing (the arrays that exist are listed), a
             store half-written by another process (see the module docstring).
@@ -212,6 +215,8 @@ class ZarrSource(_ArraySource):
             if level is None:
                 raise DataError(_missing(where, key, True, _zarr_arrays(node), "/"))
             node = _ome_level(node, path, f"{key}/{level}".strip("/"), where)
+        elif key:
+            voxel = _level_voxel_size(path, key)
         super().__init__(where, node, voxel)
 
     def close(self) -> None:
@@ -266,12 +271,25 @@ def _zarr_arrays(group: Any) -> list[str]:
 
 def _ome_level0(group: Any) -> tuple[str | None, tuple[float, float, float] | None]:
     """The path of an OME-Zarr group's full-resolution level and its ``(z, y, x)`` voxel (nm)."""
+    return _ome_dataset(group, None)
+
+
+def _ome_dataset(
+    group: Any, name: str | None
+) -> tuple[str | None, tuple[float, float, float] | None]:
+    """The level ``name`` (``None``: the first, full-resolution one) of an OME-Zarr group and
+    its ``(z, y, x)`` voxel size in nm; ``(None, None)`` when the group lists no such level."""
     attrs = dict(group.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if not multiscales:
         return None, None
     first = multiscales[0]
-    level = first["datasets"][0]
+    levels = first["datasets"]
+    if name is not None:
+        levels = [level for level in levels if str(level.get("path")) == name]
+        if not levels:
+            return None, None
+    level = levels[0]
     scale = next(
         (t["scale"] for t in level.get("coordinateTransformations", []) if t["type"] == "scale"),
         None,
@@ -284,3 +302,16 @@ def _ome_level0(group: Any) -> tuple[str | None, tuple[float, float, float] | No
         return level["path"], None
     voxel = voxel_or_none([s * u for s, u in zip(scale[-3:], units, strict=True)], 1.0)
     return level["path"], voxel
+
+
+def _level_voxel_size(path: Path, key: str) -> tuple[float, float, float] | None:
+    """The voxel size of array ``key`` when it is a level of an OME-Zarr multiscale group
+    (``store.zarr/1`` chooses level 1; its scale is in the parent group's metadata)."""
+    import zarr
+
+    parent, _, name = key.rpartition("/")
+    try:
+        group = zarr.open_group(str(path), mode="r", path=parent or None)
+    except Exception:  # no parent group: a plain array
+        return None
+    return _ome_dataset(group, name)[1]
