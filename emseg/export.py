@@ -6,6 +6,9 @@ the preprocessing (``(x / dtype_max - mean) / std``, the 2.5D input channels), t
 rule (height and width multiples of the network's stride), the tile size, overlap and border
 padding of the inference pipeline (``conf/inference`` beneath the checkpoint's own settings,
 as eval.py / predict.py use them), and the output (logits; foreground probability = sigmoid).
+Neither file format holds the preprocessing; for a checkpoint trained with
+``data.percentiles`` the card states the per-volume rule (each volume's own percentiles,
+measured by the user's code) instead of fixed numbers (:func:`_preprocessing_card`).
 The pipeline is built by :func:`emseg.inference.build_pipeline`, and both files are written
 through :func:`emseg.io.atomic_paths`: they appear together, only when both are complete.
 """
@@ -183,6 +186,40 @@ def _input_card(pre: Preprocessing, multiple: int) -> dict[str, Any]:
     }
 
 
+def _preprocessing_card(pre: Preprocessing) -> dict[str, Any]:
+    """How to normalise a volume for the exported network (it is not part of the file)."""
+    scaling = (
+        "integer images are divided by their dtype maximum (255 for uint8, 65535 for "
+        "uint16); float images must already be in [0, 1]"
+    )
+    card: dict[str, Any] = {
+        "formula": "(x / dtype_max - mean) / std",
+        "scaling": scaling,
+        "mean": pre.mean,
+        "std": pre.std,
+    }
+    if pre.percentiles is None:
+        return card
+    low, high = pre.percentiles
+    return {
+        **card,
+        "formula": (
+            "(clip((x / dtype_max - p_low) / (p_high - p_low), 0, 1) - mean) / std, with p_low "
+            "/ p_high the percentiles of each volume's own x / dtype_max"
+        ),
+        "percentiles": [low, high],
+        "per_volume": (
+            f"p_low / p_high are the {low:g}th / {high:g}th percentiles of every input volume's "
+            "[0, 1]-scaled intensities, measured on that volume before it is predicted (emseg: "
+            "at most 64 evenly spaced slices and 2**22 voxels drawn with numpy's "
+            "default_rng(0), linear interpolation); the exported file does not measure them. "
+            "bioimage.io equivalent: scale_range (min_percentile / max_percentile over the "
+            "whole volume's z, y, x), then clip (0, 1), then fixed_zero_mean_unit_variance "
+            "(mean, std)"
+        ),
+    }
+
+
 def _tiling_card(inference: dict[str, Any]) -> dict[str, Any]:
     """The sliding-window settings the pipeline uses for this model."""
     return {
@@ -225,15 +262,7 @@ def model_card(
         "model_file": model_file,
         "sha256": sha256,
         "input": _input_card(pre, model_stride(checkpoint.net)),
-        "preprocessing": {
-            "formula": "(x / dtype_max - mean) / std",
-            "scaling": (
-                "integer images are divided by their dtype maximum (255 for uint8, 65535 for "
-                "uint16); float images must already be in [0, 1]"
-            ),
-            "mean": pre.mean,
-            "std": pre.std,
-        },
+        "preprocessing": _preprocessing_card(pre),
         "output": {
             "name": OUTPUT_NAME,
             "channels": 1,

@@ -201,8 +201,9 @@ def imagenet_weights_reachable(encoder_name: str = "vgg16", timeout: float = 3.0
 
 INIT_KEY = "init_from"
 # Data settings the checkpoint's network was trained with, reused unless the command line sets
-# them (``data.context`` fixes the input channels; ``data.mean`` / ``data.std`` its inputs).
-_REUSED_DATA_KEYS = ("mean", "std", "context")
+# them (``data.context`` fixes the input channels; ``data.mean`` / ``data.std`` /
+# ``data.percentiles`` its inputs).
+_REUSED_DATA_KEYS = ("mean", "std", "context", "percentiles")
 # Model keys that only say how a network is initialised, not what it is.
 _INIT_ONLY_MODEL_KEYS = frozenset({"encoder_weights"})
 
@@ -236,8 +237,9 @@ def _explicit_keys(overrides: Sequence[str]) -> set[str]:
 def reuse_checkpoint_data(
     data_cfg: DictConfig, source: Checkpoint, overrides: Sequence[str]
 ) -> dict[str, Any]:
-    """Write the checkpoint's ``data.mean`` / ``data.std`` / ``data.context`` into ``data_cfg``
-    unless the command line sets them; warn where the two disagree.
+    """Write the checkpoint's ``data.mean`` / ``data.std`` / ``data.context`` /
+    ``data.percentiles`` into ``data_cfg`` unless the command line sets them; warn where the
+    two disagree.
 
     A data group choice (``data=mydata``) is the data to fine-tune on, not an override of the
     normalisation: only the keys themselves (``data.mean=0.5``) override.
@@ -251,7 +253,9 @@ def reuse_checkpoint_data(
         The values that replaced the run's config, as ``{"mean": 0.548, ...}``.
     """
     pre = source.preprocessing
+    percentiles = None if pre.percentiles is None else list(pre.percentiles)
     trained = {"mean": pre.mean, "std": pre.std, "context": pre.context}
+    trained["percentiles"] = percentiles
     explicit = _explicit_keys(overrides)
     replaced: dict[str, Any] = {}
     kept: dict[str, Any] = {}

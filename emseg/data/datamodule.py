@@ -4,7 +4,10 @@ The validation set is a z-contiguous block at the end of the training volume: ne
 slices are nearly identical (median Dice 0.96 between consecutive masks), so a random slice
 hold-out would leak the training data into validation. ``val_slices`` is a number of slices or
 a fraction of the training depth; ``mean`` / ``std: auto`` are measured on the training slices
-(never the hold-out) by :func:`emseg.data.normalization.sample_statistics`.
+(never the hold-out) by :func:`emseg.data.normalization.sample_statistics`. With
+``percentiles: [low, high]`` every image (each training / validation entry's, the test
+volume's) is first mapped by its own percentiles, measured once per image on the whole image
+(:func:`emseg.data.normalization.sample_percentiles`), as eval.py / predict.py measure theirs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -23,7 +27,14 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from emseg.data.dataset import EpochPatchSampler, RandomPatchDataset, SliceDataset
 from emseg.data.labels import check_label_settings
-from emseg.data.normalization import AUTO, check_statistic, pooled_statistics, sample_statistics
+from emseg.data.normalization import (
+    AUTO,
+    check_percentiles,
+    check_statistic,
+    pooled_statistics,
+    sample_percentiles,
+    sample_statistics,
+)
 from emseg.data.volumes import (
     Box,
     LazyImage,
@@ -112,7 +123,13 @@ class EMDataModule(L.LightningDataModule):
         fg_fraction: share of patches centred on mitochondria.
         context: adjacent slices per side given as extra channels (2.5D); 0 for 2D.
         mean, std: intensity normalisation of the [0, 1]-scaled images, or ``"auto"``: measured
-            on the training slices (:meth:`resolve_normalization`, called by :meth:`setup`).
+            on the training slices (:meth:`resolve_normalization`, called by :meth:`setup`);
+            with ``percentiles``, of the percentile-mapped images.
+        percentiles: ``None``, or ``[low, high]`` (``0 <= low < high <= 100``, e.g. ``[1,
+            99.8]``): every image is first mapped by its own percentiles of its [0, 1]-scaled
+            intensities, ``clip((x - p_low) / (p_high - p_low), 0, 1)``
+            (:meth:`intensity_range`); stored with the run, so eval.py / predict.py measure
+            and map each volume they read the same way.
         num_workers: DataLoader worker processes for training patches.
         val_batch_size: whole slices per validation/test batch.
         train_transform: joint v2 augmentation (see :mod:`emseg.data.transforms`).
@@ -151,12 +168,13 @@ class EMDataModule(L.LightningDataModule):
         voxel_size: list[float] | None = None,
         in_memory_mb: int = 2048,
         name: str | None = None,
+        percentiles: list[float] | None = None,
     ) -> None:
         super().__init__()
         # Plain lists / dicts in the hyper-parameters (checkpoints load with weights_only).
-        volumes, val_volumes, voxel_size = (
+        volumes, val_volumes, voxel_size, percentiles = (
             OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
-            for v in (volumes, val_volumes, voxel_size)
+            for v in (volumes, val_volumes, voxel_size, percentiles)
         )
         self.entries = training_entries(train_image, train_mask, volumes)
         self.val_entries = (
@@ -181,6 +199,8 @@ class EMDataModule(L.LightningDataModule):
         # Resolved statistics; None while "auto" has not been measured yet.
         self.mean = check_statistic("data.mean", mean)
         self.std = check_statistic("data.std", std)
+        self.percentiles = check_percentiles(percentiles)
+        self._ranges: dict[str, tuple[float, float]] = {}  # image spec -> measured percentiles
         if not isinstance(fg_fraction, int | float) or not 0.0 <= fg_fraction <= 1.0:
             raise ConfigError(f"data.fg_fraction must be in [0, 1], got {fg_fraction!r}")
         for name, value in {"context": context, "num_workers": num_workers}.items():
@@ -245,13 +265,20 @@ class EMDataModule(L.LightningDataModule):
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
         hp = self.hparams
+        train_boxes = self.plan()[0]
+        ranges = [self.intensity_range(entry.image) for entry, _ in train_boxes]
         if images is None:
             parts = []
-            for entry, box in self.plan()[0]:
+            for (entry, box), mapped in zip(train_boxes, ranges, strict=True):
                 with open_volume(entry.image, "image") as source:
-                    parts.append(sample_statistics(source.z_range(box.start[0], box.stop[0])))
+                    view = source.z_range(box.start[0], box.stop[0])
+                    parts.append(sample_statistics(view, intensity_range=mapped))
         else:
-            parts = [sample_statistics(image) for image in images]
+            ranges = ranges if self.percentiles is not None else [None] * len(images)
+            parts = [
+                sample_statistics(image, intensity_range=mapped)
+                for image, mapped in zip(images, ranges, strict=True)
+            ]
         stats = pooled_statistics(parts)
         origin = (
             f"from {stats.voxels} {'' if stats.exact else 'sampled '}voxels of {stats.slices} "
@@ -265,9 +292,29 @@ class EMDataModule(L.LightningDataModule):
         for key, value in (("mean", stats.mean), ("std", stats.std)):
             if getattr(self, key) is None:
                 setattr(self, key, value)
-                log.info("data.%s=%s -> %.6f (%s)", key, AUTO, value, origin)
+                mapped = " of the percentile-mapped images" if self.percentiles else ""
+                log.info("data.%s=%s -> %.6f%s (%s)", key, AUTO, value, mapped, origin)
         del hp
         return self.mean, self.std
+
+    def intensity_range(self, image: str) -> tuple[float, float] | None:
+        """The ``(p_low, p_high)`` percentiles of image ``image`` (a volume string), or ``None``
+        without ``data.percentiles``.
+
+        Measured once per image on all its slices (whatever part of it trains or validates;
+        eval.py / predict.py measure the volume they read the same way) by
+        :func:`~emseg.data.normalization.sample_percentiles`, and logged.
+
+        Raises:
+            DataError: an unreadable or almost constant image.
+        """
+        if self.percentiles is None:
+            return None
+        if image not in self._ranges:
+            with open_volume(image, "image") as source:
+                measured = sample_percentiles(source, self.percentiles, name=image)
+            self._ranges[image] = (measured.low, measured.high)
+        return self._ranges[image]
 
     def resolve_voxel_size(self) -> list[float] | None:
         """``data.voxel_size``, or the first training image's own (nm, ZYX), or ``None``."""
@@ -300,8 +347,12 @@ class EMDataModule(L.LightningDataModule):
         return settings
 
     def _load(self, entry: VolumeEntry, box: Box) -> TrainingVolume:
+        """The training volume of ``box``, with its image's percentiles (``data.percentiles``)."""
         hp = self.hparams
-        return load_volume(entry, box, hp.labels, hp.unlabelled, hp.in_memory_mb << 20)
+        volume = load_volume(entry, box, hp.labels, hp.unlabelled, hp.in_memory_mb << 20)
+        if self.percentiles is None:
+            return volume
+        return replace(volume, intensity_range=self.intensity_range(entry.image))
 
     def setup(self, stage: str | None = None) -> None:
         """Load volumes once (idempotent): training/validation for fit, the test volume for test.
@@ -352,12 +403,21 @@ class EMDataModule(L.LightningDataModule):
             self.resolve_normalization()
             image = read_image(hp.test_image)
             targets = read_targets(hp.test_mask, hp.labels, hp.unlabelled, image.shape)
-            self.test_set = self._slices(image, targets)
+            self.test_set = self._slices(
+                image, targets, intensity_range=self.intensity_range(hp.test_image)
+            )
 
     def _slices(
-        self, image: Any, targets: np.ndarray, volume: TrainingVolume | None = None
+        self,
+        image: Any,
+        targets: np.ndarray,
+        volume: TrainingVolume | None = None,
+        intensity_range: tuple[float, float] | None = None,
     ) -> SliceDataset:
-        """Whole slices of ``image`` (cut to the labelled y / x box of ``volume``)."""
+        """Whole slices of ``image`` (cut to the labelled y / x box of ``volume``), mapped by
+        ``volume``'s percentiles or ``intensity_range`` (``data.percentiles``)."""
+        if volume is not None:
+            intensity_range = volume.intensity_range
         if volume is not None and (volume.y0, volume.x0, *targets.shape[1:]) != (
             0,
             0,
@@ -367,7 +427,12 @@ class EMDataModule(L.LightningDataModule):
             xs = slice(volume.x0, volume.x0 + targets.shape[2])
             image = image[np.arange(len(image)), ys, xs]
         return SliceDataset(
-            image, targets, context=self.hparams.context, mean=self.mean, std=self.std
+            image,
+            targets,
+            context=self.hparams.context,
+            mean=self.mean,
+            std=self.std,
+            intensity_range=intensity_range,
         )
 
     def _eval_sampler(self, dataset: Dataset) -> DistributedSampler | None:

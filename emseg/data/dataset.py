@@ -9,9 +9,11 @@
 * :class:`SliceDataset` yields whole slices in order, for validation and testing.
 
 Both return ``(image, mask)``: image float32 ``(C, Y, X)`` normalised as
-``(x / dtype_max - mean) / std`` with ``C = 2 * context + 1`` adjacent slices (2.5D input, slices
-clamped at the volume ends), mask float32 ``(1, Y, X)`` in {0, 1, IGNORE} (IGNORE = 255: no
-label there; the losses and metrics leave those pixels out).
+``(x / dtype_max - mean) / std`` (``x / dtype_max`` first mapped by the volume's percentiles
+where it has an ``intensity_range``, :func:`~emseg.data.normalization.map_intensities`) with
+``C = 2 * context + 1`` adjacent slices (2.5D input, slices clamped at the volume ends), mask
+float32 ``(1, Y, X)`` in {0, 1, IGNORE} (IGNORE = 255: no label there; the losses and metrics
+leave those pixels out).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from emseg.data.labels import IGNORE
-from emseg.data.normalization import to_unit_float
+from emseg.data.normalization import map_intensities, to_unit_float
 from emseg.data.volumes import TrainingVolume
 
 __all__ = ["EpochPatchSampler", "RandomPatchDataset", "SliceDataset", "context_slices"]
@@ -209,6 +211,8 @@ class RandomPatchDataset(Dataset):
             volume, p = self.volumes[number], self.patch_size
             zs = context_slices(z, volume.depth, self.context)
             image = to_unit_float(volume.image[zs, y0 : y0 + p, x0 : x0 + p])
+            if volume.intensity_range is not None:
+                image = map_intensities(image, volume.intensity_range)
             mask = self._targets(volume, z, y0, x0)
             img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)))
             msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
@@ -252,7 +256,14 @@ class EpochPatchSampler(DistributedSampler):
 
 
 class SliceDataset(Dataset):
-    """Whole slices of a volume in z order (deterministic), for validation and testing."""
+    """Whole slices of a volume in z order (deterministic), for validation and testing.
+
+    Args:
+        image: ``(Z, Y, X)`` image slices; mask: ``(Z, Y, X)`` targets.
+        context, mean, std: as for :class:`RandomPatchDataset`.
+        intensity_range: the image's ``(p_low, p_high)`` percentiles (``data.percentiles``)
+            mapping its [0, 1]-scaled slices before ``mean`` / ``std``; ``None``: no mapping.
+    """
 
     def __init__(
         self,
@@ -261,15 +272,20 @@ class SliceDataset(Dataset):
         context: int = 0,
         mean: float = 0.0,
         std: float = 1.0,
+        intensity_range: tuple[float, float] | None = None,
     ) -> None:
         self.image, self.mask = image, mask
         self.context, self.mean, self.std = context, mean, std
+        self.intensity_range = intensity_range
 
     def __len__(self) -> int:
         return self.image.shape[0]
 
     def __getitem__(self, z: int) -> tuple[torch.Tensor, torch.Tensor]:
         zs = context_slices(z, self.image.shape[0], self.context)
-        image = (to_unit_float(self.image[zs]) - self.mean) / self.std
+        unit = to_unit_float(self.image[zs])
+        if self.intensity_range is not None:
+            unit = map_intensities(unit, self.intensity_range)
+        image = (unit - self.mean) / self.std
         mask = self.mask[z : z + 1].astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(mask)

@@ -228,6 +228,9 @@ class TrainingVolume:
         y0, x0: the region's corner in the image's y / x.
         name: for logs.
         z_start: the region's first slice in the whole image (for logs and split=val).
+        intensity_range: the whole image's ``(p_low, p_high)`` percentiles of its [0, 1]-scaled
+            intensities (``data.percentiles``), by which its patches are mapped
+            (:func:`emseg.data.normalization.map_intensities`); ``None``: no mapping.
     """
 
     image: Any
@@ -236,6 +239,7 @@ class TrainingVolume:
     x0: int
     name: str
     z_start: int = 0
+    intensity_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.image) != len(self.targets):

@@ -2,7 +2,8 @@
 
 ``train.py`` stores the resolved run configuration in every checkpoint (``emseg_config``), so
 the model architecture, the number of input channels (2.5D context) and the intensity
-normalisation come from the checkpoint, never from the user. Encoder weights are never
+normalisation (with ``data.percentiles``: the per-volume percentile mode) come from the
+checkpoint, never from the user. Encoder weights are never
 downloaded here: the network is built with ``encoder_weights=None`` and then receives the
 trained state dict.
 """
@@ -20,7 +21,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from emseg.data.normalization import Preprocessing
+from emseg.data.normalization import Preprocessing, check_percentiles
+from emseg.errors import ConfigError
 from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
 
 __all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint"]
@@ -65,8 +67,11 @@ def _preprocessing(config: Mapping[str, Any], path: Path) -> Preprocessing:
             f"ckpt_path: {path} has no data.mean / data.std / data.context in its emseg_config"
         )
     try:
-        pre = Preprocessing(int(data["context"]), float(data["mean"]), float(data["std"]))
-    except (TypeError, ValueError) as err:
+        percentiles = check_percentiles(data.get("percentiles"))
+        pre = Preprocessing(
+            int(data["context"]), float(data["mean"]), float(data["std"]), percentiles
+        )
+    except (TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"ckpt_path: {path} has invalid data settings ({err})") from err
     if pre.context < 0 or not pre.std > 0:
         raise CheckpointError(
@@ -150,13 +155,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"ckpt_path: {path} has no network weights (no 'net.*' keys)")
     net = _build(dict(model_cfg), pre.in_channels, state, path)
     net = net.float().eval().requires_grad_(False).to(device)
+    mode = "" if pre.percentiles is None else ", after each volume's percentiles {:g}-{:g}"
     log.info(
-        "checkpoint %s: %s, %d input channel(s) (context %d), mean %.4g, std %.4g",
+        "checkpoint %s: %s, %d input channel(s) (context %d), mean %.4g, std %.4g%s",
         path,
         model_cfg.get("encoder_name", model_cfg["_target_"]),
         pre.in_channels,
         pre.context,
         pre.mean,
         pre.std,
+        mode.format(*(pre.percentiles or ())),
     )
     return Checkpoint(net=net, preprocessing=pre, config=dict(config), path=path)

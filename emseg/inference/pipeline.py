@@ -129,8 +129,14 @@ class InferencePipeline:
         return footprint
 
     def warn_on_intensities(self, slices: SliceSource, name: str) -> None:
-        """Warn when ``slices`` are scaled unlike the training data (12-bit data in uint16...)."""
+        """Warn when ``slices`` are scaled unlike the training data (12-bit data in uint16...).
+
+        Nothing to check for a checkpoint trained with ``data.percentiles``: each volume is
+        mapped by its own percentiles, whatever its scale.
+        """
         pre = self.checkpoint.preprocessing
+        if pre.percentiles is not None:
+            return
         middle = pre(np.asarray(slices[len(slices) // 2]))
         mean = float(middle.mean()) * pre.std + pre.mean  # back to the [0, 1] scale
         if abs(mean - pre.mean) > 3 * pre.std:

@@ -2,7 +2,9 @@
 
 Only the ``2 * context + 1`` slices a prediction needs are held in memory, so memory stays
 bounded whatever the volume's depth; a lazy :class:`~emseg.io.VolumeSource` reads each slice
-when it is first needed.
+when it is first needed. A checkpoint trained with ``data.percentiles`` has its percentiles
+measured on each volume first (:func:`whole_volume`: the whole image behind a z-range view or
+crop, as training measured its images).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "VolumePredictor",
     "resolve_device",
     "resolve_precision",
+    "whole_volume",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,17 @@ class SliceSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, z: int) -> np.ndarray: ...
+
+
+def whole_volume(slices: SliceSource) -> SliceSource:
+    """The volume whose percentiles normalise ``slices``: the whole source behind a view.
+
+    A z-range view or a y / x crop (anything with a ``source`` attribute, e.g.
+    :class:`emseg.io.source.ZRange`) stands for its source's image, whose percentiles training
+    measured (``EMDataModule.intensity_range``); anything else is its own volume.
+    """
+    source = getattr(slices, "source", None)
+    return slices if source is None else source
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -97,6 +111,8 @@ class VolumePredictor:
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
         self.channels_last = auto_channels_last(self.precision, accelerator)
         self.preprocessing = preprocessing
+        # id(volume) -> (volume, its bound preprocessing): each volume is measured once.
+        self._bound: dict[int, tuple[SliceSource, Preprocessing]] = {}
         self.stride = model_stride(model)
         self.model = model.eval().to(self.device)
         if self.channels_last:
@@ -106,6 +122,17 @@ class VolumePredictor:
         """The effective settings (resolved device and precision), for logs and metrics.json."""
         settings = {**self.window.as_dict(), "channels_last": self.channels_last}
         return {**settings, "precision": self.precision, "device": str(self.device)}
+
+    def preprocessing_for(self, slices: SliceSource) -> Preprocessing:
+        """The preprocessing of ``slices``: the checkpoint's, with the percentiles of
+        :func:`whole_volume` measured (once per volume) when it was trained with them."""
+        if self.preprocessing.percentiles is None:
+            return self.preprocessing
+        volume = whole_volume(slices)
+        if id(volume) not in self._bound:
+            name = str(getattr(volume, "path", "") or "the input volume")
+            self._bound[id(volume)] = (volume, self.preprocessing.for_volume(volume, name))
+        return self._bound[id(volume)][1]
 
     def predict(self, slices: SliceSource) -> Iterator[np.ndarray]:
         """Yield the probability slice of every ``z`` in order.
@@ -119,6 +146,7 @@ class VolumePredictor:
         """
         depth = len(slices)
         context = self.preprocessing.context
+        preprocessing = self.preprocessing_for(slices)
         cache: dict[int, np.ndarray] = {}
         for z in range(depth):
             indices = context_slices(z, depth, context)
@@ -127,7 +155,7 @@ class VolumePredictor:
                     del cache[index]
             for index in indices:
                 if int(index) not in cache:
-                    cache[int(index)] = self.preprocessing(np.asarray(slices[int(index)]))
+                    cache[int(index)] = preprocessing(np.asarray(slices[int(index)]))
             stack = np.stack([cache[int(index)] for index in indices])
             image = torch.from_numpy(stack).to(self.device)
             probs = predict_slice(
