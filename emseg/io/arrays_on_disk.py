@@ -13,7 +13,8 @@ detected where its metadata shows it, before any data is read:
   ``attributes.json``) that is empty or not valid JSON (written half-way);
 * an array folder holding chunk files but no array metadata (chunks written first);
 * an OME-Zarr multiscale group whose level 0 is listed but has no metadata yet;
-* a chunk that cannot be decoded (truncated) is refused when it is read.
+* a chunk that cannot be decoded (truncated) is refused when it is read;
+* an emseg prediction store (:mod:`emseg.io.prediction_store`) not yet marked complete.
 
 Not detectable: chunks that do not exist yet. Zarr and N5 store no chunk list, and a missing
 chunk is by definition the fill value (blank regions are never written), so a store whose
@@ -113,6 +114,15 @@ def _check_zarr_node(store: Path, key: str) -> None:
     if not store.is_dir():
         return  # zip or remote stores: zarr's own errors apply
     check_metadata_files(store, key, _ZARR_METADATA)
+    root = store / "zarr.json"
+    emseg_attrs = (
+        read_metadata_json(root).get("attributes", {}).get("emseg") if root.is_file() else None
+    )
+    if isinstance(emseg_attrs, dict) and emseg_attrs.get("complete") is False:
+        raise DataError(
+            f"{store}: blockwise prediction not complete (interrupted, or still running); "
+            "rerun the same predict.py command to finish it"
+        )
     node = store / key if key else store
     described = ("zarr.json", ".zarray", ".zgroup")  # .zattrs alone describes no node
     if not any((node / name).is_file() for name in described) and _has_chunks(node):

@@ -1,0 +1,286 @@
+"""One chunked OME-Zarr store for a volume's predictions, written block by block in any order.
+
+Unlike a :class:`~emseg.io.sink.VolumeSink` (one writer, z order, renamed into place on commit),
+a :class:`PredictionStore` is written by several processes at once, each writing whole blocks
+of slices wherever the scheduler sends it. Layout (Zarr v3, OME-Zarr 0.5)::
+
+    out.zarr/                     group; attributes["emseg"] = {"complete": bool, "run": {...}}
+    out.zarr/probabilities/       OME-Zarr multiscales image (axes z, y, x; nanometer)
+    out.zarr/probabilities/0      uint8 round(255 p) (or float16), (Z, Y, X), chunks e.g.
+                                  (1, 256, 256)
+    out.zarr/mask/0               uint8 0 / 255 (probability above the threshold)
+
+``out.zarr/probabilities`` is what :func:`emseg.io.open_volume` (and napari / neuroglancer)
+opens: its level 0, with the voxel size from the multiscales ``scale``.
+
+Atomicity, from the first byte to the last:
+
+1. :func:`create_prediction_store` writes every metadata document up front (root group, the
+   image groups with their multiscales, the arrays), with ``complete: false``;
+2. :meth:`PredictionStore.write_block` writes whole chunks only (a block is a z range aligned
+   to the chunks' z size, all of y and x), so no two blocks share a chunk and concurrent
+   writers never touch the same file; zarr's local store writes each chunk to a temporary file
+   and renames it, so a chunk is old or new, never half. A block is *committed* when its call
+   returns (the scheduler records it as done only then);
+3. :meth:`PredictionStore.mark_complete` sets ``complete: true`` last. Until then
+   :class:`~emseg.io.arrays_on_disk.ZarrSource` refuses to read the store (one error naming
+   it), so an interrupted run is never mistaken for a finished volume.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emseg.errors import ConfigError, DataError
+
+__all__ = [
+    "ARRAY_NAMES",
+    "DEFAULT_CHUNKS",
+    "PredictionStore",
+    "StoreLayout",
+    "check_layout_matches",
+    "chunk_aligned",
+    "create_prediction_store",
+    "ome_multiscales",
+    "open_prediction_store",
+]
+
+# The arrays a prediction store may hold (each an OME-Zarr image group with level "0").
+ARRAY_NAMES = ("probabilities", "mask")
+# One slice deep (any z range is whole chunks), 256 x 256 in y, x (~64 KB uint8 each).
+DEFAULT_CHUNKS = (1, 256, 256)
+# Root attribute key of emseg's own bookkeeping (completion flag, the run's settings).
+ATTRS_KEY = "emseg"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What a prediction store holds: compared field by field before a run resumes into it.
+
+    Attributes:
+        shape: ``(Z, Y, X)`` of every array.
+        chunks: ``(z, y, x)`` chunk shape of every array.
+        arrays: array name (:data:`ARRAY_NAMES`) -> numpy dtype name (``"uint8"``...).
+        voxel_size: ``(z, y, x)`` nm per voxel, or ``None`` (then scale 1, no unit).
+        translation: ``(z, y, x)`` of the first voxel in nm (or voxels without voxel size).
+    """
+
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+    arrays: Mapping[str, str] = field(default_factory=lambda: {"probabilities": "uint8"})
+    voxel_size: tuple[float, float, float] | None = None
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        chunks = tuple(int(c) for c in self.chunks)
+        if len(chunks) != 3 or min(chunks) < 1:
+            raise ConfigError(
+                f"blockwise.chunks must be three positive sizes (z, y, x), got {chunks}"
+            )
+        # A chunk larger than the volume is clipped to it (zarr would store the padding).
+        object.__setattr__(
+            self, "chunks", tuple(min(c, s) for c, s in zip(chunks, self.shape, strict=True))
+        )
+        unknown = set(self.arrays) - set(ARRAY_NAMES)
+        if unknown or not self.arrays:
+            raise ConfigError(
+                f"blockwise.arrays must be some of {', '.join(ARRAY_NAMES)}, got "
+                f"{sorted(self.arrays)}"
+            )
+        object.__setattr__(self, "arrays", {k: str(np.dtype(v)) for k, v in self.arrays.items()})
+        if self.voxel_size is not None:
+            object.__setattr__(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
+        object.__setattr__(self, "translation", tuple(float(v) for v in self.translation))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (stored in the root attributes)."""
+        return {
+            "shape": list(self.shape),
+            "chunks": list(self.chunks),
+            "arrays": dict(self.arrays),
+            "voxel_size": list(self.voxel_size) if self.voxel_size else None,
+            "translation": list(self.translation),
+        }
+
+
+def ome_multiscales(name: str, layout: StoreLayout) -> dict[str, Any]:
+    """The OME-Zarr 0.5 ``ome`` attributes of one image group: one level ``"0"``, axes z, y, x
+    (unit nanometer when the voxel size is known), scale = voxel size, translation = offset."""
+    unit = {"unit": "nanometer"} if layout.voxel_size else {}
+    axes = [{"name": axis, "type": "space", **unit} for axis in "zyx"]
+    scale = list(layout.voxel_size) if layout.voxel_size else [1.0, 1.0, 1.0]
+    transforms = [
+        {"type": "scale", "scale": scale},
+        {"type": "translation", "translation": list(layout.translation)},
+    ]
+    level = {"path": "0", "coordinateTransformations": transforms}
+    return {"version": "0.5", "multiscales": [{"name": name, "axes": axes, "datasets": [level]}]}
+
+
+class PredictionStore:
+    """An open prediction store (see the module docstring); workers write blocks into it.
+
+    Attributes:
+        path: the store directory.
+        layout: its :class:`StoreLayout`.
+    """
+
+    def __init__(self, path: Path, group: Any, layout: StoreLayout) -> None:
+        self.path = Path(path)
+        self.layout = layout
+        self._group = group
+        self._arrays = {name: group[f"{name}/0"] for name in layout.arrays}
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """The settings of the run that writes the store (what a resumed run must repeat)."""
+        return dict(self._group.attrs[ATTRS_KEY].get("run") or {})
+
+    @property
+    def complete(self) -> bool:
+        """Whether every block was written and the store marked complete."""
+        return bool(self._group.attrs[ATTRS_KEY].get("complete"))
+
+    def write_block(self, z0: int, blocks: Mapping[str, np.ndarray]) -> None:
+        """Write slices ``z0 .. z0 + len(block) - 1`` of every array of the store.
+
+        Args:
+            z0: first slice; a multiple of the chunks' z size.
+            blocks: array name -> ``(z, Y, X)`` block in that array's dtype; every array of
+                the layout, all of one depth, ending at a chunk boundary or the last slice.
+
+        Raises:
+            ValueError: a block that is not whole chunks, or a missing / wrong array.
+        """
+        chunk_z, depth = self.layout.chunks[0], self.layout.shape[0]
+        if set(blocks) != set(self.layout.arrays):
+            raise ValueError(
+                f"{self.path}: blocks of {sorted(blocks)}, store holds {sorted(self.layout.arrays)}"
+            )
+        depths = {len(block) for block in blocks.values()}
+        if len(depths) != 1:
+            raise ValueError(f"{self.path}: blocks of different depths {sorted(depths)}")
+        z1 = z0 + depths.pop()
+        if z0 % chunk_z or (z1 % chunk_z and z1 != depth) or not 0 <= z0 < z1 <= depth:
+            raise ValueError(
+                f"{self.path}: slices {z0}-{z1 - 1} are not whole chunks of {chunk_z} slices "
+                f"within 0-{depth - 1}"
+            )
+        for name, block in blocks.items():
+            expected = (z1 - z0, *self.layout.shape[1:])
+            if block.shape != expected or str(block.dtype) != self.layout.arrays[name]:
+                raise ValueError(
+                    f"{self.path}/{name}: block {block.shape} {block.dtype}, expected "
+                    f"{expected} {self.layout.arrays[name]}"
+                )
+            self._arrays[name][z0:z1] = block
+
+    def mark_complete(self) -> None:
+        """Record that every block is written (the last write of a run)."""
+        self._group.attrs[ATTRS_KEY] = {**self._group.attrs[ATTRS_KEY], "complete": True}
+
+
+def _layout_of(group: Any, where: Path) -> StoreLayout:
+    attrs = group.attrs.get(ATTRS_KEY)
+    if not isinstance(attrs, dict) or "layout" not in attrs:
+        raise DataError(f"{where}: not a prediction store written by emseg (no {ATTRS_KEY} attrs)")
+    layout = dict(attrs["layout"])
+    return StoreLayout(
+        shape=tuple(layout["shape"]),
+        chunks=tuple(layout["chunks"]),
+        arrays=layout["arrays"],
+        voxel_size=tuple(layout["voxel_size"]) if layout.get("voxel_size") else None,
+        translation=tuple(layout["translation"]),
+    )
+
+
+def open_prediction_store(path: str | Path, mode: str = "r+") -> PredictionStore:
+    """Open an existing prediction store (``r+`` for a worker, ``r`` to inspect it).
+
+    Raises:
+        DataError: not a Zarr group written by :func:`create_prediction_store`.
+    """
+    import zarr
+
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except Exception as err:  # zarr raises store-specific errors
+        raise DataError(f"{path}: not a readable Zarr group ({err})") from err
+    return PredictionStore(path, group, _layout_of(group, path))
+
+
+def create_prediction_store(
+    path: str | Path, layout: StoreLayout, run: Mapping[str, Any], overwrite: bool = False
+) -> PredictionStore:
+    """Create the store with all of its metadata and ``complete: false`` (no chunk yet).
+
+    Args:
+        path: the store directory (``out.zarr`` / ``out.ome.zarr``); its parent must exist.
+        layout: shape, chunks, arrays and coordinates.
+        run: the settings of the run (JSON values), kept so that a resumed run can be
+            checked against them.
+        overwrite: replace an existing directory at ``path``.
+
+    Raises:
+        ConfigError: ``path`` exists (without ``overwrite``) or its parent does not.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"output: directory {path.parent} does not exist")
+    if path.exists():
+        if not overwrite:
+            raise ConfigError(f"output: {path} already exists; pass overwrite=true to replace it")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs[ATTRS_KEY] = {"complete": False, "layout": layout.as_dict(), "run": dict(run)}
+    for name, dtype in layout.arrays.items():
+        image = root.create_group(name)
+        image.attrs["ome"] = ome_multiscales(name, layout)
+        image.create_array(
+            "0",
+            shape=layout.shape,
+            chunks=layout.chunks,
+            dtype=dtype,
+            fill_value=0,
+            dimension_names=("z", "y", "x"),
+        )
+    return PredictionStore(path, root, layout)
+
+
+def chunk_aligned(block_slices: int, chunk_z: int) -> int:
+    """``block_slices`` rounded up to a whole number of chunks in z (at least one)."""
+    return max(1, math.ceil(int(block_slices) / chunk_z)) * chunk_z
+
+
+def check_layout_matches(
+    store: PredictionStore, layout: StoreLayout, run: Mapping, key: str
+) -> None:
+    """Refuse to resume into a store written with another layout or other settings.
+
+    Raises:
+        ConfigError: naming the first field that differs (``overwrite=true`` starts over).
+    """
+    for name, (old, new) in {
+        "layout": (store.layout.as_dict(), layout.as_dict()),
+        "settings": (store.run, dict(run)),
+    }.items():
+        if old != new:
+            first = next(
+                (k for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)), "?"
+            )
+            raise ConfigError(
+                f"{key}: {store.path} is an unfinished prediction with another {name} "
+                f"({first}: {old.get(first)!r} there, {new.get(first)!r} now); rerun the same "
+                "command to finish it, or pass overwrite=true to start over"
+            )
