@@ -6,6 +6,10 @@ The input (2D ``(Y, X)`` or 3D ``(Z, Y, X)``, uint8 / uint16 / float, any format
 slice, so memory stays bounded whatever the volume size. Every output goes through an atomic
 :class:`~emseg.io.VolumeSink`: it appears under its name only when complete, and nothing is
 left behind on an error.
+
+An ``output`` ending in ``.zarr`` (``out.zarr``, ``out.ome.zarr``) is predicted blockwise
+instead, by ``blockwise.workers`` processes into one OME-Zarr store, resumably
+(:mod:`emseg.blockwise.run`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from emseg.errors import ConfigError
 from emseg.inference import InferencePipeline, build_pipeline
 from emseg.io import VolumeSink, VolumeSource, check_output_path, create_sink, open_volume
 from emseg.io.encoding import check_output_dtype, probabilities_as
+from emseg.io.formats import parse_volume
 from emseg.postprocess import remove_small_components_slices
 
 __all__ = ["run"]
@@ -111,6 +116,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         The written file names, the number of slices, the effective inference settings and
         the seconds taken.
     """
+    if parse_volume(str(cfg.output))[0] == "zarr":  # one chunked store, written blockwise
+        from emseg.blockwise.run import predict_blockwise
+
+        return predict_blockwise(cfg)
     start = time.perf_counter()
     check_output_dtype(cfg.output_dtype)
     outputs = _outputs(cfg)

@@ -112,6 +112,31 @@ class InferencePipeline:
         probs = itertools.islice(self.predictor.predict(slices), int(first), None)
         return median_filter_slices(probs, footprint, torch.get_num_threads())
 
+    def z_halo(self, slices: object | None = None) -> int:
+        """Slices beyond a z range that its probabilities depend on: the 2.5D context plus the
+        3D median's half-size in z (:meth:`block_probabilities` reads no further)."""
+        return int(self.checkpoint.preprocessing.context) + self.median_footprint(slices)[0] // 2
+
+    def block_probabilities(self, slices: SliceSource, start: int, stop: int) -> np.ndarray:
+        """Float32 ``(stop - start, Y, X)`` probabilities of slices ``start .. stop - 1``,
+        equal to the same slices of :meth:`probabilities` over the whole of ``slices``.
+
+        The network predicts the range grown by the median's z radius (clipped to the volume),
+        each slice with its 2.5D context from the volume; the median runs over those and only
+        the range's own slices are kept: its first / last slices see their true neighbours, or
+        the volume's ends extended exactly as the streamed whole-volume filter extends them.
+        """
+        depth = len(slices)
+        if not 0 <= start < stop <= depth:
+            raise ValueError(f"slices {start}-{stop - 1} are not within 0-{depth - 1}")
+        footprint = self.median_footprint(slices)
+        radius = footprint[0] // 2
+        first, last = max(0, start - radius), min(depth, stop + radius)
+        probs = self.predictor.predict(slices, first, last)
+        filtered = median_filter_slices(probs, footprint, torch.get_num_threads())
+        kept = itertools.islice(filtered, start - first, stop - first)
+        return np.stack(list(kept)).astype(np.float32, copy=False)
+
     def median_footprint(self, slices: object | None = None) -> tuple[int, int, int]:
         """The 3D median's ``(Z, Y, X)`` footprint in voxels for ``slices`` (see
         :func:`voxel_size_of`); ``(1, 1, 1)`` = off."""

@@ -134,12 +134,19 @@ class VolumePredictor:
             self._bound[id(volume)] = (volume, self.preprocessing.for_volume(volume, name))
         return self._bound[id(volume)][1]
 
-    def predict(self, slices: SliceSource) -> Iterator[np.ndarray]:
-        """Yield the probability slice of every ``z`` in order.
+    def predict(
+        self, slices: SliceSource, start: int = 0, stop: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Yield the probability slice of every ``z`` in ``start .. stop - 1``, in order.
 
         Args:
             slices: ``(Z, Y, X)`` source; slice ``z`` is read when first needed and dropped
                 once no later prediction uses it (at most ``2 * context + 1`` are held).
+            start: first slice to predict.
+            stop: one past the last (``None``: the volume's depth). Each slice takes its 2.5D
+                context from the whole volume (clamped at the volume's ends, not the range's),
+                so a range equals the same slices of a whole-volume prediction; only slices
+                ``start - context .. stop - 1 + context`` are read.
 
         Yields:
             float32 ``(Y, X)`` foreground probabilities in [0, 1].
@@ -148,7 +155,8 @@ class VolumePredictor:
         context = self.preprocessing.context
         preprocessing = self.preprocessing_for(slices)
         cache: dict[int, np.ndarray] = {}
-        for z in range(depth):
+        end = depth if stop is None else min(depth, int(stop))
+        for z in range(max(0, int(start)), end):
             indices = context_slices(z, depth, context)
             for index in list(cache):
                 if index < indices[0]:

@@ -1,0 +1,136 @@
+"""One worker process of a blockwise prediction: the model loaded once, then block after block.
+
+:class:`BlockWorker` is the zero-argument function daisy runs in each worker process
+(:func:`emseg.blockwise.engine.run_blocks`); it is pickled with the plain settings it needs
+(no Hydra, no open files). In the worker it
+
+1. takes its device: GPU ``worker_id mod len(gpus)`` through ``CUDA_VISIBLE_DEVICES`` when
+   the scheduler saw GPUs, else ``threads`` torch threads (a share of the CPU cores);
+2. builds the inference pipeline once (:func:`emseg.inference.build_pipeline`: checkpoint,
+   settings already resolved by the scheduler, so ``checkpoint_settings`` is off here);
+3. asks daisy for blocks until none is left; each is predicted by :func:`predict_block` and
+   written into the store; a block that raises is reported to daisy (retried there, then
+   listed as failed) and the worker goes on with the next one.
+
+A worker whose scheduler died (``kill -9``) exits within :data:`ORPHAN_CHECK_S` seconds instead
+of waiting out daisy's keep-alive (measured: orphaned daisy workers kept spinning).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emseg.io.encoding import probabilities_as
+from emseg.io.prediction_store import PredictionStore
+
+__all__ = ["MASK_VALUE", "ORPHAN_CHECK_S", "BlockWorker", "predict_block"]
+
+log = logging.getLogger(__name__)
+
+# Foreground in the mask array (as in predict.py's mask files).
+MASK_VALUE = np.uint8(255)
+# How often a worker checks that its scheduler is still alive.
+ORPHAN_CHECK_S = 2.0
+
+
+def predict_block(
+    pipeline: Any, source: Any, store: PredictionStore, z0: int, z1: int, dtype: str
+) -> None:
+    """Predict output slices ``z0 .. z1 - 1`` of ``source`` and write them into ``store``.
+
+    Args:
+        pipeline: an :class:`~emseg.inference.InferencePipeline`.
+        source: the ``(Z, Y, X)`` input (:class:`~emseg.io.VolumeSource`); only the block's
+            read range is read.
+        store: the open prediction store; every one of its arrays is written.
+        z0, z1: the block (``z1`` exclusive), aligned to the store's chunks.
+        dtype: how probabilities are stored (``uint8`` | ``float16``).
+    """
+    probs = pipeline.block_probabilities(source, z0, z1)
+    blocks: dict[str, np.ndarray] = {}
+    if "probabilities" in store.layout.arrays:
+        blocks["probabilities"] = probabilities_as(probs, dtype)
+    if "mask" in store.layout.arrays:
+        blocks["mask"] = (probs > pipeline.threshold).astype(np.uint8) * MASK_VALUE
+    store.write_block(z0, blocks)
+
+
+def _exit_when_orphaned(scheduler_pid: int) -> None:
+    """Exit this process (a daemon thread's check) once the scheduler process is gone."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(ORPHAN_CHECK_S)
+            if os.getppid() != scheduler_pid:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="emseg-orphan-watch", daemon=True).start()
+
+
+@dataclass
+class BlockWorker:
+    """The worker function daisy runs in each worker process (see the module docstring).
+
+    Attributes:
+        config: the plain inference config for :func:`emseg.inference.build_pipeline`
+            (``ckpt_path``, ``inference``, ``postprocess``, ``threshold``, ``torch_threads``,
+            ``checkpoint_settings: false``).
+        input: the input volume string (:func:`emseg.io.open_volume`).
+        output: the prediction store's path.
+        dtype: how probabilities are stored.
+        scheduler_pid: the process that runs the scheduler (this worker's parent).
+        gpus: GPU ids to spread the workers over; empty = CPU.
+    """
+
+    config: Mapping[str, Any]
+    input: str
+    output: str
+    dtype: str
+    scheduler_pid: int
+    gpus: Sequence[str] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        import daisy
+
+        client = daisy.Client()
+        _exit_when_orphaned(self.scheduler_pid)
+        logging.basicConfig(  # stderr is this worker's log file (<output>.blockwise/logs)
+            level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+        )
+        if self.gpus:  # before CUDA is initialised in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.gpus[client.worker_id % len(self.gpus)])
+        from omegaconf import OmegaConf
+
+        from emseg.inference import build_pipeline
+        from emseg.io import open_volume
+        from emseg.io.prediction_store import open_prediction_store
+
+        pipeline = build_pipeline(OmegaConf.create(dict(self.config)))
+        store = open_prediction_store(self.output)
+        with open_volume(self.input) as source:
+            while True:
+                acquired = False
+                try:
+                    with client.acquire_block() as block:
+                        if block is None:
+                            return
+                        acquired = True
+                        z0 = int(block.write_roi.offset[0])
+                        z1 = z0 + int(block.write_roi.shape[0])
+                        start = time.perf_counter()
+                        predict_block(pipeline, source, store, z0, z1, self.dtype)
+                        seconds = time.perf_counter() - start
+                        log.info("block z %d-%d written in %.2f s", z0, z1 - 1, seconds)
+                except Exception:
+                    if not acquired:  # the scheduler connection itself failed
+                        raise
+                    # daisy logged the traceback and counts the failure; next block

@@ -1,0 +1,202 @@
+"""Blockwise prediction into one OME-Zarr store (issue 18): identical to predict.py, resumable.
+
+A tiny checkpoint with 2.5D context 1 and a 3x3x3 median (halo 2 slices) predicts an 11-slice
+volume in blocks of 2 slices (the last one shorter): bit-identical to the single-process
+``predict.py`` output on the CPU, whether the blocks run in one go on two workers, or half in
+one run and the rest in the next; a block that cannot be read is retried, reported by its z
+range and leaves the store incomplete until a rerun does exactly the missing blocks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from emseg.blockwise import BlockPlan, BlockwiseSettings
+from emseg.blockwise.engine import BlockwiseError
+from emseg.blockwise.run import predict_blockwise, run_directory
+from emseg.errors import ConfigError, DataError
+from emseg.inference import build_pipeline
+from emseg.io import open_volume
+from emseg.io.prediction_store import StoreLayout, create_prediction_store, open_prediction_store
+from emseg.predict import run as run_predict
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volume
+
+DEPTH, SIZE = 11, 48
+POST = ["postprocess.median_size=3", "inference.precision=32-true"]
+
+
+def compose_predict(overrides: list[str], tmp_path: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=[*overrides, "progress=false"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def context_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
+    """A two-step tiny run with ``data.context=1`` (3 input channels)."""
+    from emseg.train import run as run_train
+
+    run_dir = tmp_path_factory.mktemp("context_run")
+    extra = ["logger=none", "test_after_fit=false", "data.context=1"]
+    extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
+    run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def volume_and_reference(tmp_path_factory, context_checkpoint) -> tuple[Path, Path, dict]:
+    """A Zarr input (one chunk per slice) and predict.py's own TIFF outputs of it."""
+    root = tmp_path_factory.mktemp("blockwise_input")
+    image, _ = make_volume(depth=DEPTH, size=SIZE, seed=3)
+    source = root / "in.zarr"
+    zarr.create_array(str(source), data=image, chunks=(1, SIZE, SIZE))
+    overrides = [f"ckpt_path={context_checkpoint}", f"input={source}", *POST]
+    overrides += [f"output={root / 'p.tif'}", f"mask_output={root / 'm.tif'}"]
+    run_predict(compose_predict(overrides, root))
+    reference = {
+        "probabilities": tifffile.imread(root / "p.tif"),
+        "mask": tifffile.imread(root / "m.tif"),
+    }
+    return context_checkpoint, source, reference
+
+
+def blockwise_cfg(checkpoint: Path, source: Path, output: Path, *extra: str) -> DictConfig:
+    overrides = [f"ckpt_path={checkpoint}", f"input={source}", f"output={output}", *POST]
+    overrides += ["blockwise.block_slices=2", "blockwise.chunks=[1,32,32]"]
+    # One thread per worker: two busy cores make OpenMP's spinning threads crawl.
+    threads = [] if any(e.startswith("blockwise.workers") for e in extra) else ["torch_threads=1"]
+    overrides += [*threads, *extra]
+    return compose_predict(overrides, output.parent)
+
+
+def stored(output: Path) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(zarr.open_array(str(output / name / "0"))[:])
+        for name in ("probabilities", "mask")
+    }
+
+
+# --- plan, settings ---------------------------------------------------------------------
+
+
+def test_blocks_cover_the_volume_with_their_halo():
+    plan = BlockPlan(depth=11, block_slices=4, chunk_z=2, halo=2)
+    assert list(plan) == [(0, 4), (4, 8), (8, 11)] and len(plan) == 3
+    assert [plan.read_range(*b) for b in plan] == [(0, 6), (2, 10), (6, 11)]
+    with pytest.raises(ConfigError, match="multiple of the chunks' z size 2"):
+        BlockPlan(depth=11, block_slices=3, chunk_z=2)
+    with pytest.raises(ConfigError, match="blockwise.workers"):
+        BlockwiseSettings(workers=0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        BlockwiseSettings.from_config({"worker": 2})
+    assert BlockwiseSettings(workers=2).threads_per_worker(cpus=8) == 4
+
+
+# --- the pipeline's blocks --------------------------------------------------------------------
+
+
+def test_a_block_of_the_pipeline_equals_the_same_slices_of_the_whole_volume(
+    volume_and_reference, tmp_path
+):
+    checkpoint, source, _ = volume_and_reference
+    cfg = compose_predict([f"ckpt_path={checkpoint}", "input=x", "output=y", *POST], tmp_path)
+    pipeline = build_pipeline(cfg)
+    with open_volume(source) as volume:
+        assert pipeline.z_halo(volume) == 2  # context 1 + the median's z radius 1
+        whole = np.stack(list(pipeline.probabilities(volume)))
+        for z0, z1 in [(0, 1), (0, 3), (1, 2), (4, 7), (9, 11), (10, 11)]:
+            np.testing.assert_array_equal(
+                pipeline.block_probabilities(volume, z0, z1), whole[z0:z1]
+            )
+
+
+# --- blockwise runs on daisy ------------------------------------------------------------------
+
+
+def test_two_workers_write_exactly_what_predict_py_writes(volume_and_reference, tmp_path):
+    checkpoint, source, reference = volume_and_reference
+    output = tmp_path / "out.ome.zarr"
+    result = run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.workers=2"))
+    assert result["complete"] and result["blocks"] == 6 and result["blocks_done"] == 6
+    assert result["halo"] == 2 and result["threads_per_worker"] >= 1
+    for name, expected in stored(output).items():
+        np.testing.assert_array_equal(expected, reference[name], err_msg=name)
+    logs = sorted(p.name for p in (run_directory(output) / "logs").rglob("worker_*.err"))
+    assert len(logs) == 2  # one process per worker, each loading the model once
+    with open_volume(output / "mask") as mask:  # what eval.py / napari open
+        assert mask.shape == (DEPTH, SIZE, SIZE)
+
+
+@pytest.mark.slow  # ~12 s; the failing-block test below resumes a partial store too
+def test_an_interrupted_run_is_finished_by_the_same_command(volume_and_reference, tmp_path):
+    checkpoint, source, reference = volume_and_reference
+    output = tmp_path / "out.zarr"
+    cfg = blockwise_cfg(checkpoint, source, output)
+    partial = predict_blockwise(cfg, skip=[False, True, False, True, True, False])
+    assert partial["blocks_done"] == 3 and not partial["complete"]
+    with pytest.raises(DataError, match="not complete"):
+        open_volume(output / "probabilities")
+    rest = run_predict(blockwise_cfg(checkpoint, source, output))
+    assert (rest["blocks_done"], rest["blocks_skipped"], rest["complete"]) == (3, 3, True)
+    for name, expected in stored(output).items():
+        np.testing.assert_array_equal(expected, reference[name], err_msg=name)
+    with pytest.raises(ConfigError, match="already exists"):
+        run_predict(blockwise_cfg(checkpoint, source, output))
+
+
+def test_a_failing_block_is_retried_reported_and_redone_alone(volume_and_reference, tmp_path):
+    checkpoint, source, reference = volume_and_reference
+    broken = tmp_path / "in.zarr"
+    zarr.create_array(
+        str(broken), data=np.asarray(zarr.open_array(str(source))[:]), chunks=(1, SIZE, SIZE)
+    )
+    chunk = broken / "c" / "9" / "0" / "0"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not a chunk")  # slice 9: read by the blocks z 6-7, 8-9 and 10
+    output = tmp_path / "out.zarr"
+    with pytest.raises(
+        BlockwiseError, match=r"3 of 6 blocks not done: failed z 6-7, z 8-9, z 10-10"
+    ):
+        run_predict(blockwise_cfg(checkpoint, broken, output, "blockwise.max_retries=1"))
+    assert not open_prediction_store(output, "r").complete
+    chunk.write_bytes(good)
+    rest = run_predict(blockwise_cfg(checkpoint, broken, output, "blockwise.max_retries=1"))
+    assert (rest["blocks_done"], rest["blocks_skipped"], rest["complete"]) == (3, 3, True)
+    for name, expected in stored(output).items():
+        np.testing.assert_array_equal(expected, reference[name], err_msg=name)
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def test_bad_blockwise_runs_are_refused_before_any_block(volume_and_reference, tmp_path):
+    checkpoint, source, _ = volume_and_reference
+    output = tmp_path / "out.zarr"
+    with pytest.raises(ConfigError, match="mask_output"):
+        run_predict(blockwise_cfg(checkpoint, source, output, f"mask_output={tmp_path / 'm.tif'}"))
+    with pytest.raises(ConfigError, match="min_size"):
+        run_predict(blockwise_cfg(checkpoint, source, output, "postprocess.min_size=5"))
+    with pytest.raises(ConfigError, match="multiple of the chunks"):
+        run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.chunks=[4,32,32]"))
+    assert not output.exists()
+    layout = StoreLayout((DEPTH, SIZE, SIZE), (1, 32, 32), {"probabilities": "uint8"})
+    create_prediction_store(output, layout, {"threshold": 0.5})  # an unfinished other run
+    with pytest.raises(ConfigError, match="unfinished prediction with another layout"):
+        run_predict(blockwise_cfg(checkpoint, source, output))
+    run_directory(output).mkdir(exist_ok=True)
+    with open(run_directory(output) / "lock", "a+") as lock:  # another run holds the lock
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another run is writing"):
+            run_predict(blockwise_cfg(checkpoint, source, output, "overwrite=true"))
