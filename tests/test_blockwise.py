@@ -10,6 +10,7 @@ range and leaves the store incomplete until a rerun does exactly the missing blo
 from __future__ import annotations
 
 import fcntl
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from emseg.blockwise import BlockPlan, BlockwiseSettings
-from emseg.blockwise.engine import BlockwiseError
 from emseg.blockwise.run import predict_blockwise, run_directory
 from emseg.errors import ConfigError, DataError
 from emseg.inference import build_pipeline
 from emseg.io import open_volume
 from emseg.io.prediction_store import StoreLayout, create_prediction_store, open_prediction_store
 from emseg.predict import run as run_predict
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volume
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volume, run_script
 
 DEPTH, SIZE = 11, 48
 POST = ["postprocess.median_size=3", "inference.precision=32-true"]
@@ -156,7 +156,9 @@ def test_an_interrupted_run_is_finished_by_the_same_command(volume_and_reference
         run_predict(blockwise_cfg(checkpoint, source, output))
 
 
-def test_a_failing_block_is_retried_reported_and_redone_alone(volume_and_reference, tmp_path):
+def test_a_failing_block_is_retried_reported_and_redone_alone(
+    volume_and_reference, tmp_path, capsys
+):
     checkpoint, source, reference = volume_and_reference
     broken = tmp_path / "in.zarr"
     zarr.create_array(
@@ -166,11 +168,22 @@ def test_a_failing_block_is_retried_reported_and_redone_alone(volume_and_referen
     good = chunk.read_bytes()
     chunk.write_bytes(b"not a chunk")  # slice 9: read by the blocks z 6-7, 8-9 and 10
     output = tmp_path / "out.zarr"
-    with pytest.raises(
-        BlockwiseError, match=r"3 of 6 blocks not done: failed z 6-7, z 8-9, z 10-10"
-    ):
-        run_predict(blockwise_cfg(checkpoint, broken, output, "blockwise.max_retries=1"))
+    args = [
+        f"ckpt_path={checkpoint}",
+        f"input={broken}",
+        f"output={output}",
+        *POST,
+        "progress=false",
+    ]
+    args += ["blockwise.block_slices=2", "blockwise.chunks=[1,32,32]", "torch_threads=1"]
+    code, err = run_script("predict.py", [*args, "blockwise.max_retries=1"], tmp_path, capsys)
+    assert code == 2, err
+    assert re.search(
+        r"^error: 3 of 6 blocks not done: failed z 6-7, z 8-9, z 10-10 after 1 ", err, re.M
+    )
     assert not open_prediction_store(output, "r").complete
+    logs = "".join(p.read_text() for p in (run_directory(output) / "logs").rglob("*.err"))
+    assert logs.count("cannot read slices 9-9") == 3 * 2  # each failing block tried twice
     chunk.write_bytes(good)
     rest = run_predict(blockwise_cfg(checkpoint, broken, output, "blockwise.max_retries=1"))
     assert (rest["blocks_done"], rest["blocks_skipped"], rest["complete"]) == (3, 3, True)
