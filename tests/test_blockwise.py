@@ -4,12 +4,14 @@ A tiny checkpoint with 2.5D context 1 and a 3x3x3 median (halo 2 slices) predict
 volume in blocks of 2 slices (the last one shorter): bit-identical to the single-process
 ``predict.py`` output on the CPU, whether the blocks run in one go on two workers, or half in
 one run and the rest in the next; a block that cannot be read is retried, reported by its z
-range and leaves the store incomplete until a rerun does exactly the missing blocks.
+range and leaves the store incomplete until a rerun does exactly the missing blocks (here on
+"SLURM" workers: a stand-in ``srun`` that runs the worker command it is given).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from omegaconf import DictConfig, open_dict
 
 from emseg.blockwise import BlockPlan, BlockwiseSettings
 from emseg.blockwise.run import predict_blockwise, run_directory
+from emseg.blockwise.slurm import SlurmSettings, srun_command
+from emseg.blockwise.worker import BlockWorker
 from emseg.errors import ConfigError, DataError
 from emseg.inference import build_pipeline
 from emseg.io import open_volume
@@ -32,6 +36,14 @@ from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volum
 
 DEPTH, SIZE = 11, 48
 POST = ["postprocess.median_size=3", "inference.precision=32-true"]
+# Stands in for SLURM's srun: logs its arguments, then runs the command after the options.
+FAKE_SRUN = """#!/bin/sh
+echo "$*" >> "$SRUN_LOG"
+while [ $# -gt 0 ]; do
+  case "$1" in --*) shift;; *) break;; esac
+done
+exec "$@"
+"""
 
 
 def compose_predict(overrides: list[str], tmp_path: Path) -> DictConfig:
@@ -102,6 +114,23 @@ def test_blocks_cover_the_volume_with_their_halo():
     with pytest.raises(ConfigError, match="unknown key"):
         BlockwiseSettings.from_config({"worker": 2})
     assert BlockwiseSettings(workers=2).threads_per_worker(cpus=8) == 4
+    with pytest.raises(ConfigError, match="blockwise.launcher must be one of local, slurm"):
+        BlockwiseSettings(launcher="pbs")
+    with pytest.raises(ConfigError, match="blockwise.slurm: unknown key"):
+        BlockwiseSettings(slurm={"gpus": 1})
+
+
+def test_a_slurm_worker_is_one_srun_job_with_its_resources(tmp_path):
+    slurm = SlurmSettings(partition="gpu", time="2:00:00", cpus_per_worker=6, mem="48G")
+    slurm = SlurmSettings(**{**slurm.__dict__, "srun_args": ["--account=lab"]})
+    command = srun_command(slurm, tmp_path / "worker.json", python="/env/bin/python")
+    assert command == [
+        "srun", "--ntasks=1", "--cpus-per-task=6", "--time=2:00:00", "--job-name=emseg-predict",
+        "--gpus-per-task=1", "--partition=gpu", "--mem=48G", "--account=lab",
+        "/env/bin/python", "-m", "emseg.blockwise.worker", str(tmp_path / "worker.json"),
+    ]  # fmt: skip
+    worker = BlockWorker({"ckpt_path": "c.ckpt"}, "/in.zarr/raw", "/out.zarr", "uint8")
+    assert BlockWorker.from_json(worker.to_json(tmp_path / "worker.json")) == worker
 
 
 # --- the pipeline's blocks --------------------------------------------------------------------
@@ -125,6 +154,7 @@ def test_a_block_of_the_pipeline_equals_the_same_slices_of_the_whole_volume(
 # --- blockwise runs on daisy ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~13 s; the failing-block test below runs two workers too
 def test_two_workers_write_exactly_what_predict_py_writes(volume_and_reference, tmp_path):
     checkpoint, source, reference = volume_and_reference
     output = tmp_path / "out.ome.zarr"
@@ -139,7 +169,7 @@ def test_two_workers_write_exactly_what_predict_py_writes(volume_and_reference, 
         assert mask.shape == (DEPTH, SIZE, SIZE)
 
 
-@pytest.mark.slow  # ~12 s; the failing-block test below resumes a partial store too
+@pytest.mark.slow  # ~12 s; the failed-blocks test below resumes a partial store too
 def test_an_interrupted_run_is_finished_by_the_same_command(volume_and_reference, tmp_path):
     checkpoint, source, reference = volume_and_reference
     output = tmp_path / "out.zarr"
@@ -156,8 +186,8 @@ def test_an_interrupted_run_is_finished_by_the_same_command(volume_and_reference
         run_predict(blockwise_cfg(checkpoint, source, output))
 
 
-def test_a_failing_block_is_retried_reported_and_redone_alone(
-    volume_and_reference, tmp_path, capsys
+def test_failed_blocks_are_retried_reported_and_redone_alone_by_slurm_workers(
+    volume_and_reference, tmp_path, capsys, monkeypatch
 ):
     checkpoint, source, reference = volume_and_reference
     broken = tmp_path / "in.zarr"
@@ -176,19 +206,37 @@ def test_a_failing_block_is_retried_reported_and_redone_alone(
         "progress=false",
     ]
     args += ["blockwise.block_slices=2", "blockwise.chunks=[1,32,32]", "torch_threads=1"]
-    code, err = run_script("predict.py", [*args, "blockwise.max_retries=1"], tmp_path, capsys)
+    args += ["blockwise.workers=2", "blockwise.max_retries=1"]
+    code, err = run_script("predict.py", args, tmp_path, capsys)
     assert code == 2, err
     assert re.search(
         r"^error: 3 of 6 blocks not done: failed z 6-7, z 8-9, z 10-10 after 1 ", err, re.M
     )
     assert not open_prediction_store(output, "r").complete
-    logs = "".join(p.read_text() for p in (run_directory(output) / "logs").rglob("*.err"))
-    assert logs.count("cannot read slices 9-9") == 3 * 2  # each failing block tried twice
+    logs = list((run_directory(output) / "logs").rglob("worker_*.err"))
+    assert len(logs) == 2  # one process per worker, each loading the model once
+    text = "".join(p.read_text() for p in logs)
+    assert text.count("cannot read slices 9-9") == 3 * 2  # each failing block tried twice
     chunk.write_bytes(good)
-    rest = run_predict(blockwise_cfg(checkpoint, broken, output, "blockwise.max_retries=1"))
+    # The rerun on "SLURM": a stand-in srun records its options and runs the worker command.
+    fake = tmp_path / "bin" / "srun"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_SRUN)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("SRUN_LOG", str(tmp_path / "srun.log"))
+    slurm = ["blockwise.launcher=slurm", "blockwise.slurm.cpus_per_worker=1"]
+    slurm += ["blockwise.slurm.gpus_per_worker=0", "blockwise.slurm.partition=debug"]
+    slurm += ["blockwise.slurm.host=127.0.0.1"]
+    rest = run_predict(blockwise_cfg(checkpoint, broken, output, *slurm))
     assert (rest["blocks_done"], rest["blocks_skipped"], rest["complete"]) == (3, 3, True)
+    # 3 blocks from two local workers, 3 from the SLURM worker: all as predict.py wrote them
     for name, expected in stored(output).items():
         np.testing.assert_array_equal(expected, reference[name], err_msg=name)
+    (job,) = (tmp_path / "srun.log").read_text().splitlines()  # one worker, one job
+    assert job.startswith("--ntasks=1 --cpus-per-task=1 --time=04:00:00 ")
+    assert "--partition=debug" in job and "--gpus-per-task" not in job
+    assert job.endswith(f"-m emseg.blockwise.worker {run_directory(output) / 'worker.json'}")
 
 
 # --- refusals -----------------------------------------------------------------------------------

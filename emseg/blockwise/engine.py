@@ -84,6 +84,7 @@ def run_blocks(
     block_timeout_s: float = 3600.0,
     progress: bool = True,
     skip: Sequence[bool] | None = None,
+    host: str | None = None,
 ) -> BlockwiseOutcome:
     """Run ``worker`` in ``workers`` processes until every block of ``plan`` is done or failed.
 
@@ -100,6 +101,7 @@ def run_blocks(
         block_timeout_s: preempt (kill and retry) a block running longer.
         progress: daisy's live progress bar and its summary at the end.
         skip: one flag per block (plan order): ``True`` = not this run, not recorded as done.
+        host: the scheduler address the workers connect to (``None``: daisy detects it).
 
     Returns:
         The counts and the failed blocks' z ranges (the caller decides what failure means).
@@ -130,7 +132,7 @@ def run_blocks(
     start = time.perf_counter()
     try:
         states = daisy.run_blockwise(
-            [task], progress=progress, summary=progress, return_states=True
+            [task], progress=progress, summary=progress, return_states=True, host=host
         )
     except RuntimeError as err:  # abandonment: the worker restart cap was exhausted
         raise BlockwiseError(f"blockwise prediction abandoned: {err}") from err

@@ -9,7 +9,10 @@
 3. creates the store with all of its metadata (:func:`emseg.io.create_prediction_store`), or
    reopens an unfinished one written with the same layout and settings (a resumed run);
 4. runs the blocks on daisy (:func:`emseg.blockwise.engine.run_blocks`), done markers in
-   ``<output>.blockwise/tracking``, per-worker logs in ``<output>.blockwise/logs``;
+   ``<output>.blockwise/tracking``, per-worker logs in ``<output>.blockwise/logs``; the
+   workers are local processes (the scheduler listens on 127.0.0.1 only), or with
+   ``blockwise.launcher=slurm`` one ``srun`` job each (:mod:`emseg.blockwise.slurm`,
+   started from ``<output>.blockwise/worker.json``);
 5. marks the store complete when every block is done, or raises :class:`BlockwiseError`
    listing the failed blocks by z range (the store stays incomplete, and a rerun of the same
    command does only the missing blocks).
@@ -32,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from emseg.blockwise.engine import BlockwiseError, import_daisy, run_blocks
 from emseg.blockwise.plan import BlockPlan
 from emseg.blockwise.settings import BlockwiseSettings
+from emseg.blockwise.slurm import SrunWorker, srun_command
 from emseg.blockwise.worker import BlockWorker
 from emseg.errors import ConfigError
 from emseg.inference import InferencePipeline, build_pipeline
@@ -179,8 +183,11 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         raise ConfigError(f"output: {output} is also the input; choose another name")
     pipeline = build_pipeline(cfg)
     _check_config(cfg, pipeline)
-    gpus = _gpus(cfg, int(settings.workers))
+    slurm = settings.launcher == "slurm"
+    gpus = [] if slurm else _gpus(cfg, int(settings.workers))
     threads = None if gpus else settings.threads_per_worker()
+    if slurm:  # each job's own cores
+        threads = int(settings.slurm.cpus_per_worker)
     if cfg.get("torch_threads") is not None and not gpus:
         threads = int(cfg.torch_threads)
     run_dir = run_directory(output)
@@ -194,12 +201,19 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         store = _open_store(output, layout, record, bool(cfg.overwrite), run_dir / "tracking")
         worker = BlockWorker(
             _worker_config(cfg, pipeline, threads),
-            str(cfg.input),
-            str(output),
+            os.path.abspath(str(cfg.input)),  # SLURM jobs may start elsewhere
+            str(output.resolve()),
             dtype,
-            os.getpid(),
+            None if slurm else os.getpid(),
             gpus,
         )
+        process: Any = worker
+        if slurm:
+            command = srun_command(settings.slurm, worker.to_json(run_dir / "worker.json"))
+            process = SrunWorker(command)
+            where = f"SLURM jobs: {' '.join(command)}"
+        else:
+            where = f"GPUs {','.join(gpus)}" if gpus else f"{threads} CPU thread(s) each"
         log.info(
             "predicting %s %s blockwise into %s: %d blocks of %d slices (halo %d), %d worker(s) "
             "(%s)",
@@ -210,11 +224,11 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
             plan.block_slices,
             halo,
             settings.workers,
-            f"GPUs {','.join(gpus)}" if gpus else f"{threads} CPU thread(s) each",
+            where,
         )
         outcome = run_blocks(
             plan,
-            worker,
+            process,
             int(settings.workers),
             run_dir / "tracking",
             run_dir / "logs",
@@ -222,6 +236,7 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
             float(settings.block_timeout_s),
             bool(cfg.get("progress", True)),
             skip,
+            settings.slurm.host if slurm else "127.0.0.1",
         )
         if outcome.failed or outcome.unfinished:
             listed = ", ".join(f"z {z0}-{z1 - 1}" for z0, z1 in outcome.failed[:20])

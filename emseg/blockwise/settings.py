@@ -7,10 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from emseg.blockwise.slurm import SlurmSettings
 from emseg.errors import ConfigError
 from emseg.io.prediction_store import ARRAY_NAMES, DEFAULT_CHUNKS
 
-__all__ = ["BlockwiseSettings", "available_cpus"]
+__all__ = ["LAUNCHERS", "BlockwiseSettings", "available_cpus"]
+
+# Where the workers run: processes on this machine, or one SLURM job each.
+LAUNCHERS = ("local", "slurm")
 
 
 def available_cpus() -> int:
@@ -35,6 +39,9 @@ class BlockwiseSettings:
         max_retries: attempts after the first before a block counts as failed.
         block_timeout_s: a worker still on one block after this long is killed and the block
             retried (daisy's preemption).
+        launcher: ``local`` (worker processes on this machine) or ``slurm`` (each worker an
+            ``srun`` job: :mod:`emseg.blockwise.slurm`).
+        slurm: the ``blockwise.slurm`` block (:class:`~emseg.blockwise.slurm.SlurmSettings`).
     """
 
     workers: int = 1
@@ -43,8 +50,16 @@ class BlockwiseSettings:
     arrays: Sequence[str] = field(default_factory=lambda: list(ARRAY_NAMES))
     max_retries: int = 2
     block_timeout_s: float = 3600.0
+    launcher: str = "local"
+    slurm: Any = None
 
     def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(
+                f"blockwise.launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}"
+            )
+        if not isinstance(self.slurm, SlurmSettings):
+            object.__setattr__(self, "slurm", SlurmSettings.from_config(self.slurm))
         for key in ("workers", "block_slices"):
             value = getattr(self, key)
             if isinstance(value, bool) or int(value) != value or int(value) < 1:

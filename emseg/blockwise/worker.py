@@ -12,19 +12,25 @@
    written into the store; a block that raises is reported to daisy (retried there, then
    listed as failed) and the worker goes on with the next one.
 
-A worker whose scheduler died (``kill -9``) exits within :data:`ORPHAN_CHECK_S` seconds instead
-of waiting out daisy's keep-alive (measured: orphaned daisy workers kept spinning).
+A local worker whose scheduler died (``kill -9``) exits within :data:`ORPHAN_CHECK_S` seconds
+instead of waiting out daisy's keep-alive (measured: orphaned daisy workers kept spinning).
+
+On SLURM (:mod:`emseg.blockwise.slurm`) the same worker runs as
+``python -m emseg.blockwise.worker <worker.json>`` (:meth:`BlockWorker.to_json`) on a compute
+node, where its parent is SLURM's and only daisy's keep-alive and block timeout bound it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,22 +93,34 @@ class BlockWorker:
         input: the input volume string (:func:`emseg.io.open_volume`).
         output: the prediction store's path.
         dtype: how probabilities are stored.
-        scheduler_pid: the process that runs the scheduler (this worker's parent).
-        gpus: GPU ids to spread the workers over; empty = CPU.
+        scheduler_pid: the local scheduler process (this worker's parent), watched so that the
+            worker exits with it; ``None`` on SLURM (the parent is SLURM's).
+        gpus: GPU ids to spread local workers over; empty = CPU, or SLURM's own GPU choice.
     """
 
     config: Mapping[str, Any]
     input: str
     output: str
     dtype: str
-    scheduler_pid: int
+    scheduler_pid: int | None = None
     gpus: Sequence[str] = field(default_factory=list)
+
+    def to_json(self, path: Path) -> Path:
+        """Write the worker's settings to ``path`` (what a SLURM job starts from)."""
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_json(cls, path: Path) -> BlockWorker:
+        """The worker written by :meth:`to_json`."""
+        return cls(**json.loads(Path(path).read_text()))
 
     def __call__(self) -> None:
         import daisy
 
         client = daisy.Client()
-        _exit_when_orphaned(self.scheduler_pid)
+        if self.scheduler_pid is not None:
+            _exit_when_orphaned(int(self.scheduler_pid))
         logging.basicConfig(  # stderr is this worker's log file (<output>.blockwise/logs)
             level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
         )
@@ -134,3 +152,7 @@ class BlockWorker:
                     if not acquired:  # the scheduler connection itself failed
                         raise
                     # daisy logged the traceback and counts the failure; next block
+
+
+if __name__ == "__main__":  # a SLURM worker: python -m emseg.blockwise.worker <worker.json>
+    BlockWorker.from_json(Path(sys.argv[1]))()
