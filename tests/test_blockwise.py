@@ -217,6 +217,7 @@ def test_failed_blocks_are_retried_reported_and_redone_alone_by_slurm_workers(
     assert len(logs) == 2  # one process per worker, each loading the model once
     text = "".join(p.read_text() for p in logs)
     assert text.count("cannot read slices 9-9") == 3 * 2  # each failing block tried twice
+    assert text.count("no block left; peak RSS of this worker") == 2
     chunk.write_bytes(good)
     # The rerun on "SLURM": a stand-in srun records its options and runs the worker command.
     fake = tmp_path / "bin" / "srun"
@@ -239,6 +240,18 @@ def test_failed_blocks_are_retried_reported_and_redone_alone_by_slurm_workers(
     assert job.endswith(f"-m emseg.blockwise.worker {run_directory(output) / 'worker.json'}")
 
 
+def test_a_dry_run_times_one_block_and_writes_nothing(volume_and_reference, tmp_path, capsys):
+    checkpoint, source, _ = volume_and_reference
+    output = tmp_path / "out.zarr"
+    report = run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.dry_run=true"))
+    assert (report["blocks"], report["halo"], report["timed_block"]) == (6, 2, [6, 8])
+    assert report["read_slices"] == 6 and report["block_seconds"] > 0
+    assert report["estimated_seconds"] == pytest.approx(6 * report["block_seconds"])
+    assert report["peak_rss_mib"] > 50
+    assert "dry run: 6 blocks of 2 slices, halo 2" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no store, no lock, no run directory
+
+
 # --- refusals -----------------------------------------------------------------------------------
 
 
@@ -251,6 +264,8 @@ def test_bad_blockwise_runs_are_refused_before_any_block(volume_and_reference, t
         run_predict(blockwise_cfg(checkpoint, source, output, "postprocess.min_size=5"))
     with pytest.raises(ConfigError, match="multiple of the chunks"):
         run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.chunks=[4,32,32]"))
+    with pytest.raises(ConfigError, match="output: cannot write to /sys"):  # even as root
+        run_predict(blockwise_cfg(checkpoint, source, Path("/sys/out.zarr")))
     assert not output.exists()
     layout = StoreLayout((DEPTH, SIZE, SIZE), (1, 32, 32), {"probabilities": "uint8"})
     create_prediction_store(output, layout, {"threshold": 0.5})  # an unfinished other run

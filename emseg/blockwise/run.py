@@ -26,12 +26,14 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from emseg.blockwise.dry_run import dry_run, format_dry_run
 from emseg.blockwise.engine import BlockwiseError, import_daisy, run_blocks
 from emseg.blockwise.plan import BlockPlan
 from emseg.blockwise.settings import BlockwiseSettings
@@ -168,7 +170,8 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
             killed run leaves; the next run without it finishes the rest).
 
     Returns:
-        The store, block counts, halo, workers and seconds.
+        The store, block counts, halo, workers and seconds; with ``blockwise.dry_run`` the
+        dry run's report instead (nothing written).
 
     Raises:
         ConfigError: a bad setting or output; BlockwiseError: blocks failed (listed).
@@ -181,6 +184,11 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         raise ConfigError(f"output: directory {output.parent} does not exist")
     if output.resolve() == input_path.resolve():
         raise ConfigError(f"output: {output} is also the input; choose another name")
+    try:  # root ignores permission bits: only trying tells whether the directory is writable
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output: cannot write to {output.parent} ({err.strerror})") from err
     pipeline = build_pipeline(cfg)
     _check_config(cfg, pipeline)
     slurm = settings.launcher == "slurm"
@@ -190,13 +198,35 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         threads = int(settings.slurm.cpus_per_worker)
     if cfg.get("torch_threads") is not None and not gpus:
         threads = int(cfg.torch_threads)
-    run_dir = run_directory(output)
-    with open_volume(str(cfg.input)) as source, _exclusive(run_dir):
+    with open_volume(str(cfg.input)) as source:
         arrays = {name: (dtype if name == "probabilities" else "uint8") for name in settings.arrays}
         voxel = getattr(source, "voxel_size", None)
         layout = StoreLayout(source.shape, settings.chunks, arrays, voxel)
         halo = pipeline.z_halo(source)
         plan = BlockPlan(source.shape[0], int(settings.block_slices), layout.chunks[0], halo)
+        if settings.dry_run:
+            report = dry_run(pipeline, source, plan, int(settings.workers), threads, dtype)
+            print(format_dry_run(report), flush=True)
+            return {"output": str(output), "dry_run": True, **report}
+        return _run(cfg, pipeline, source, settings, layout, plan, output, threads, gpus, skip)
+
+
+def _run(
+    cfg: DictConfig,
+    pipeline: InferencePipeline,
+    source: Any,
+    settings: BlockwiseSettings,
+    layout: StoreLayout,
+    plan: BlockPlan,
+    output: Path,
+    threads: int | None,
+    gpus: list[str],
+    skip: Sequence[bool] | None = None,
+) -> dict[str, Any]:
+    """Lock, create or resume the store, run the blocks, report (see the module docstring)."""
+    slurm, dtype, halo = settings.launcher == "slurm", str(cfg.output_dtype), plan.halo
+    run_dir = run_directory(output)
+    with _exclusive(run_dir):
         record = _run_record(cfg, pipeline, source, plan.block_slices)
         store = _open_store(output, layout, record, bool(cfg.overwrite), run_dir / "tracking")
         worker = BlockWorker(

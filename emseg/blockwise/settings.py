@@ -42,6 +42,8 @@ class BlockwiseSettings:
         launcher: ``local`` (worker processes on this machine) or ``slurm`` (each worker an
             ``srun`` job: :mod:`emseg.blockwise.slurm`).
         slurm: the ``blockwise.slurm`` block (:class:`~emseg.blockwise.slurm.SlurmSettings`).
+        dry_run: print the block count, halo, one block's time and memory and the estimated
+            wall time, and write nothing (:mod:`emseg.blockwise.dry_run`).
     """
 
     workers: int = 1
@@ -52,6 +54,7 @@ class BlockwiseSettings:
     block_timeout_s: float = 3600.0
     launcher: str = "local"
     slurm: Any = None
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:

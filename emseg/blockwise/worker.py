@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -140,7 +141,7 @@ class BlockWorker:
                 try:
                     with client.acquire_block() as block:
                         if block is None:
-                            return
+                            break
                         acquired = True
                         z0 = int(block.write_roi.offset[0])
                         z1 = z0 + int(block.write_roi.shape[0])
@@ -152,6 +153,8 @@ class BlockWorker:
                     if not acquired:  # the scheduler connection itself failed
                         raise
                     # daisy logged the traceback and counts the failure; next block
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        log.info("no block left; peak RSS of this worker %.0f MiB", peak)
 
 
 if __name__ == "__main__":  # a SLURM worker: python -m emseg.blockwise.worker <worker.json>
