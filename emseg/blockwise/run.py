@@ -6,7 +6,8 @@
    evaluation settings are resolved here and handed to the workers as plain values);
 2. takes the run's lock (``<output>.blockwise/lock``: a second run on the same output is
    refused while the first holds it; the kernel releases it if the run is killed);
-3. creates the store with all of its metadata (:func:`emseg.io.create_prediction_store`), or
+3. creates the store with all of its metadata
+   (:func:`emseg.io.prediction_store.create_prediction_store`), or
    reopens an unfinished one written with the same layout and settings (a resumed run);
 4. runs the blocks on daisy (:func:`emseg.blockwise.engine.run_blocks`), done markers in
    ``<output>.blockwise/tracking``, per-worker logs in ``<output>.blockwise/logs``; the
