@@ -264,6 +264,8 @@ def test_bad_blockwise_runs_are_refused_before_any_block(volume_and_reference, t
         run_predict(blockwise_cfg(checkpoint, source, output, "postprocess.min_size=5"))
     with pytest.raises(ConfigError, match="multiple of the chunks"):
         run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.chunks=[4,32,32]"))
+    with pytest.raises(ConfigError, match="names an array inside .*out.zarr; give the store"):
+        run_predict(blockwise_cfg(checkpoint, source, output / "probabilities"))
     with pytest.raises(ConfigError, match="output: cannot write to /sys"):  # even as root
         run_predict(blockwise_cfg(checkpoint, source, Path("/sys/out.zarr")))
     assert not output.exists()

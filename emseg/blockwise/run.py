@@ -44,7 +44,9 @@ from emseg.errors import ConfigError
 from emseg.inference import InferencePipeline, build_pipeline
 from emseg.io import open_volume
 from emseg.io.encoding import check_output_dtype
+from emseg.io.formats import parse_volume
 from emseg.io.prediction_store import (
+    ARRAY_NAMES,
     PredictionStore,
     StoreLayout,
     check_layout_matches,
@@ -181,6 +183,12 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
     settings = BlockwiseSettings.from_config(_plain(cfg.get("blockwise")))
     dtype = check_output_dtype(str(cfg.output_dtype))
     output, input_path = Path(str(cfg.output)), Path(str(cfg.input))
+    _, store_path, key = parse_volume(str(cfg.output))
+    if key:
+        raise ConfigError(
+            f"output: {cfg.output} names an array inside {store_path}; give the store itself "
+            f"(output={store_path}: its arrays are {', '.join(ARRAY_NAMES)})"
+        )
     if not output.parent.is_dir():
         raise ConfigError(f"output: directory {output.parent} does not exist")
     if output.resolve() == input_path.resolve():
