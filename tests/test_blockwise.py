@@ -120,6 +120,23 @@ def test_blocks_cover_the_volume_with_their_halo():
         BlockwiseSettings(slurm={"gpus": 1})
 
 
+def test_local_gpu_workers_take_one_visible_gpu_each(monkeypatch):
+    import torch
+
+    from emseg.blockwise.run import _gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cfg = DictConfig({"inference": {"device": "auto"}})
+    assert _gpus(cfg, 2) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert _gpus(cfg, 2) == ["3", "5", "6"]  # worker i takes gpus[worker_id % 3]
+    with pytest.raises(ConfigError, match="blockwise.workers=4 but only 3 GPU"):
+        _gpus(cfg, 4)
+    assert _gpus(DictConfig({"inference": {"device": "cpu"}}), 4) == []
+
+
 def test_a_slurm_worker_is_one_srun_job_with_its_resources(tmp_path):
     slurm = SlurmSettings(partition="gpu", time="2:00:00", cpus_per_worker=6, mem="48G")
     slurm = SlurmSettings(**{**slurm.__dict__, "srun_args": ["--account=lab"]})
