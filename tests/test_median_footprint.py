@@ -103,6 +103,8 @@ def test_the_checkpoints_voxel_size_wins_over_the_volumes():
 
 def test_the_median_in_nanometres_filters_as_its_voxel_footprint(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
+    # The volume's voxel size decides here: the tiny run's data (epfl.yaml) records 5 nm.
+    checkpoint.config["data"]["voxel_size"] = None
     image = np.random.default_rng(0).integers(0, 256, (5, 40, 48), dtype=np.uint8)
     volume = _Slices(image, voxel_size=(30.0, 6.0, 6.0))
     by_nm = InferencePipeline(checkpoint, postprocess=PostprocessSettings(median_nm=30))
