@@ -183,7 +183,7 @@ def _eval_volumes(
     if split == "test":
         image_path, mask_path = _test_paths(cfg, config)
         source = stack.enter_context(open_volume(image_path))
-        mask = read_targets(str(mask_path), convention, unlabelled, source.shape)
+        mask = read_targets(str(mask_path), convention, unlabelled, source.shape, str(image_path))
         stop = len(source) if limit is None else min(len(source), limit)
         return [EvalVolume(source.z_range(0, stop), mask[:stop], 0, image_path, mask_path)]
     volumes = []

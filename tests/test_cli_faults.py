@@ -75,12 +75,12 @@ FAULTS: dict[str, Fault] = {
     "train shape mismatch": Fault(
         TRAIN[0],
         (*TRAIN[1:], "data.train_image={bad}/other_shape.tif"),
-        r"other_shape.tif has shape .* but mask .* they must match",
+        r"other_shape.tif has shape .* but labels .* they must match",
     ),
     "train non-binary mask": Fault(
         TRAIN[0],
         (*TRAIN[1:], "data.train_mask={bad}/mask3.tif"),
-        r"mask3.tif: mask must hold only \{0, 1\} or \{0, 255\}",
+        r"mask3.tif: uint8 labels with values \[1, 2\] are neither a \{0, 1\} / \{0, 255\} mask",
     ),
     "train nan image": Fault(
         TRAIN[0], (*TRAIN[1:], "data.train_image={bad}/nan.tif"), r"nan.tif: .*NaN or Inf"
@@ -137,7 +137,9 @@ FAULTS: dict[str, Fault] = {
         r"other_shape.tif has shape .* they must match",
     ),
     "eval mask values": Fault(
-        EVAL[0], (*EVAL[1:], "data.test_mask={bad}/mask3.tif"), r"mask3.tif: mask must hold only"
+        EVAL[0],
+        (*EVAL[1:], "data.test_mask={bad}/mask3.tif"),
+        r"mask3.tif: uint8 labels with values \[1, 2\]",
     ),
     # --- predict.py ---
     "predict missing input": Fault(

@@ -402,7 +402,9 @@ class EMDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_set is None and self.has_test_volume:
             self.resolve_normalization()
             image = read_image(hp.test_image)
-            targets = read_targets(hp.test_mask, hp.labels, hp.unlabelled, image.shape)
+            targets = read_targets(
+                hp.test_mask, hp.labels, hp.unlabelled, image.shape, hp.test_image
+            )
             self.test_set = self._slices(
                 image, targets, intensity_range=self.intensity_range(hp.test_image)
             )

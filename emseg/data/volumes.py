@@ -428,17 +428,18 @@ def read_targets(
     convention: str = "auto",
     unlabelled: int | None = None,
     shape: tuple[int, int, int] | None = None,
+    image: str | None = None,
 ) -> np.ndarray:
     """A whole label volume as targets ``(Z, Y, X)`` uint8 {0, 1, IGNORE} (test labels).
 
     Raises:
         DataError: unreadable, values outside the convention, or a shape other than ``shape``
-            (the image's) when given.
+            (that of the image ``image``) when given.
     """
     with open_volume(path, "labels") as source:
         if shape is not None and source.shape != tuple(shape):
             raise DataError(
-                f"labels {path} have shape {source.shape} but their image has shape "
-                f"{tuple(shape)}; they must match"
+                f"image {image or '(the image)'} has shape {tuple(shape)} but labels {path} "
+                f"have shape {source.shape}; they must match"
             )
         return to_targets(source.read(), path, convention, unlabelled)
