@@ -40,8 +40,8 @@ done_run $R/labels_crops || $PY train.py $PARTIAL_ARGS data.train_image=null dat
   "data.volumes=$CROPS" "data.val_volumes=$VAL" hydra.run.dir=$R/labels_crops
 
 # 3. Fine-tuning on the Lucchi++ labels: from the experiment=fast checkpoint vs from scratch,
-#    the same recipe and budget (fast_short, 600 steps), validation at every epoch.
-done_run $R/lucchipp_scratch || $PY train.py $PARTIAL_ARGS data=lucchipp \
+#    the same recipe and budget (fast_short cut to 400 steps), validation every 100 steps.
+done_run $R/lucchipp_scratch || $PY train.py $PARTIAL_ARGS data=lucchipp trainer.max_epochs=4 \
   hydra.run.dir=$R/lucchipp_scratch
-done_run $R/lucchipp_finetune || $PY train.py $PARTIAL_ARGS data=lucchipp init_from=$FAST \
+done_run $R/lucchipp_finetune || $PY train.py $PARTIAL_ARGS data=lucchipp trainer.max_epochs=4 init_from=$FAST \
   hydra.run.dir=$R/lucchipp_finetune
