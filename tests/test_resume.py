@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from emseg.errors import ConfigError
+from emseg.losses import MaskedBCEWithLogitsLoss
 from emseg.train import build, run
 
 
@@ -132,7 +133,7 @@ def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa), "the seed has no effect"
 
 
-class ExplodingLoss(torch.nn.BCEWithLogitsLoss):
+class ExplodingLoss(MaskedBCEWithLogitsLoss):
     """BCE whose value turns NaN from its second call on (``calls`` is reset by the test)."""
 
     calls = 0

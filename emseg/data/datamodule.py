@@ -364,10 +364,11 @@ class EMDataModule(L.LightningDataModule):
             train_boxes, val_boxes = self.plan()
             world_size, _ = self._world()
             if len(val_boxes) == 1 and val_boxes[0][1].shape[0] < world_size:
+                held = val_boxes[0][1].shape[0]
+                count = "" if held == hp.val_slices else f" ({held} slices)"
                 raise ConfigError(
-                    f"data.val_slices={hp.val_slices} ({val_boxes[0][1].shape[0]} slices) is "
-                    f"smaller than the {world_size} DDP processes: every process needs at "
-                    "least one validation slice"
+                    f"data.val_slices={hp.val_slices}{count} is smaller than the {world_size} "
+                    "DDP processes: every process needs at least one validation slice"
                 )
             train = [self._load(entry, box) for entry, box in train_boxes]
             val = [self._load(entry, box) for entry, box in val_boxes]
