@@ -273,43 +273,28 @@ def test_several_volumes_crops_and_per_volume_hold_out(volume_files, tmp_path):
 
 
 def test_large_images_are_read_from_their_store(volume_files):
-    dm = _dm(
-        train_image=volume_files["image"],
-        train_mask=volume_files["labels"],
-        val_slices=2,
-        in_memory_mb=0,
-        mean=0.5,
-        std=0.2,
-    )
-    dm.setup("fit")
+    """Above ``in_memory_mb`` the image is read patch by patch: the same patches as in memory."""
     from emseg.data.volumes import LazyImage
 
-    assert isinstance(dm.train_set.image, LazyImage)
-    image, mask = volume_files["arrays"]
-    eager = _dm(
-        train_image=volume_files["image"],
-        train_mask=volume_files["labels"],
-        val_slices=2,
-        mean=0.5,
-        std=0.2,
-        seed=5,
-    )
-    lazy = _dm(
-        train_image=volume_files["image"],
-        train_mask=volume_files["labels"],
-        val_slices=2,
-        mean=0.5,
-        std=0.2,
-        seed=5,
-        in_memory_mb=0,
-    )
-    eager.setup("fit")
-    lazy.setup("fit")
-    for key in range(4):
-        assert all(
-            torch.equal(a, b)
-            for a, b in zip(eager.train_set[key], lazy.train_set[key], strict=True)
+    def setup(**kwargs) -> EMDataModule:
+        dm = _dm(
+            train_image=volume_files["image"],
+            train_mask=volume_files["labels"],
+            val_slices=2,
+            mean=0.5,
+            std=0.2,
+            seed=5,
+            **kwargs,
         )
+        dm.setup("fit")
+        return dm
+
+    eager, lazy = setup(), setup(in_memory_mb=0)
+    assert isinstance(lazy.train_set.image, LazyImage)
+    assert isinstance(eager.train_set.image, np.ndarray)
+    for key in range(4):
+        pairs = zip(eager.train_set[key], lazy.train_set[key], strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
 
 
 # ----------------------------------------------------------------------------------------------
