@@ -275,7 +275,9 @@ def _score(
             sink = None
             if cfg.get("save_predictions"):
                 path = output_dir / "predictions.tif"
-                sink = stack.enter_context(create_sink(path, volume.mask.shape, np.uint8))
+                voxel_size = volume.image.source.voxel_size  # carried into the output
+                sink = create_sink(path, volume.mask.shape, np.uint8, voxel_size=voxel_size)
+                sink = stack.enter_context(sink)
             probs = pipeline.probabilities(volume.image, volume.lead)
             probs = _scored_against(probs, extra, targets)
             probs = progress_bar(_written(probs, sink), len(volume.mask), "evaluate", show)
