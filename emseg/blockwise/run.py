@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from emseg.io.prediction_store import (
     create_prediction_store,
     open_prediction_store,
 )
+from emseg.io.sink import check_writable_directory
 
 __all__ = ["predict_blockwise", "run_directory"]
 
@@ -193,11 +193,7 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         raise ConfigError(f"output: directory {output.parent} does not exist")
     if output.resolve() == input_path.resolve():
         raise ConfigError(f"output: {output} is also the input; choose another name")
-    try:  # root ignores permission bits: only trying tells whether the directory is writable
-        with tempfile.TemporaryFile(dir=output.parent):
-            pass
-    except OSError as err:
-        raise ConfigError(f"output: cannot write to {output.parent} ({err.strerror})") from err
+    check_writable_directory(output.parent, "output")
     pipeline = build_pipeline(cfg)
     _check_config(cfg, pipeline)
     slurm = settings.launcher == "slurm"

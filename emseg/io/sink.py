@@ -145,8 +145,13 @@ def check_output_path(path: Path, key: str, overwrite: bool, inputs: Iterable[Pa
             raise ConfigError(f"{key}: {path} is also an input; choose another file name")
     if path.exists() and not overwrite:
         raise ConfigError(f"{key}: {path} already exists; pass overwrite=true to replace it")
+    check_writable_directory(path.parent, key)
+
+
+def check_writable_directory(directory: Path, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless a file can be created in ``directory``."""
     try:  # root ignores permission bits: only trying tells whether the directory is writable
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as err:
-        raise ConfigError(f"{key}: cannot write to {path.parent} ({err.strerror})") from err
+        raise ConfigError(f"{key}: cannot write to {directory} ({err.strerror})") from err
