@@ -120,6 +120,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from emseg.blockwise.run import predict_blockwise
 
         return predict_blockwise(cfg)
+    if cfg.get("roi") is not None:
+        raise ConfigError(
+            f"roi: a region of interest is predicted into a Zarr store (output=<store>.zarr); "
+            f"{cfg.output} is a single-process output of the whole input"
+        )
     start = time.perf_counter()
     check_output_dtype(cfg.output_dtype)
     outputs = _outputs(cfg)

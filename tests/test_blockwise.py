@@ -24,6 +24,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from emseg.blockwise import BlockPlan, BlockwiseSettings
+from emseg.blockwise.plan import block_yx_of
+from emseg.blockwise.roi import parse_roi
 from emseg.blockwise.run import predict_blockwise, run_directory
 from emseg.blockwise.slurm import SlurmSettings, srun_command
 from emseg.blockwise.worker import BlockWorker
@@ -104,11 +106,59 @@ def stored(output: Path) -> dict[str, np.ndarray]:
 
 
 def test_blocks_cover_the_volume_with_their_halo():
-    plan = BlockPlan(depth=11, block_slices=4, chunk_z=2, halo=2)
-    assert list(plan) == [(0, 4), (4, 8), (8, 11)] and len(plan) == 3
-    assert [plan.read_range(*b) for b in plan] == [(0, 6), (2, 10), (6, 11)]
+    plan = BlockPlan(volume=(11, 48, 40), block_slices=4, chunk_z=2, halo=2)
+    assert list(plan) == [(0, 4, 0, 48, 0, 40), (4, 8, 0, 48, 0, 40), (8, 11, 0, 48, 0, 40)]
+    assert len(plan) == 3 and plan.whole_slices()
+    assert [plan.read_range(*b[:2]) for b in plan] == [(0, 6), (2, 10), (6, 11)]
     with pytest.raises(ConfigError, match="multiple of the chunks' z size 2"):
-        BlockPlan(depth=11, block_slices=3, chunk_z=2)
+        BlockPlan(volume=(11, 48, 40), block_slices=3, chunk_z=2)
+    # A region of interest in y / x tiles: boxes in the volume's voxels, the last ones clipped.
+    roi = ((2, 9), (10, 100), (0, 90))
+    tiles = BlockPlan((11, 100, 90), 4, 2, 2, roi=roi, block_yx=(32, 64))
+    assert tiles.grid == (2, 3, 2) and len(list(tiles)) == 6 * 2 and not tiles.whole_slices()
+    assert list(tiles)[:3] == [(2, 6, 10, 42, 0, 64), (2, 6, 10, 42, 64, 90), (2, 6, 42, 74, 0, 64)]
+    assert list(tiles)[-1] == (6, 9, 74, 100, 64, 90)
+    assert tiles.read_range(6, 9) == (4, 11)  # the halo reaches outside the region
+
+
+def test_block_yx_settings_are_whole_slices_or_chunk_aligned_tiles():
+    assert block_yx_of("auto", (768, 1024), (256, 256)) == (768, 1024)
+    assert block_yx_of("auto", (20000, 9000), (256, 256)) == (2048, 2048)
+    assert block_yx_of(None, (20000, 9000), (256, 256)) == (20000, 9000)
+    assert block_yx_of(600, (20000, 700), (256, 256)) == (768, 700)
+    assert block_yx_of([300, 512], (20000, 9000), (100, 256)) == (300, 512)
+    for bad in (0, -5, True, [1, 2, 3], "big", [256, 1.5]):
+        with pytest.raises(ConfigError, match="blockwise.block_yx must be"):
+            block_yx_of(bad, (100, 100), (1, 1))
+
+
+def test_a_roi_is_parsed_in_voxels_or_world_units():
+    shape, voxel = (100, 200, 300), (40.0, 5.0, 5.0)
+    whole = ((0, 100), (0, 200), (0, 300))
+    assert parse_roi(None, "voxel", shape, None) == whole
+    assert parse_roi([[10, 20], None, [5, 300]], "voxel", shape, None) == (
+        (10, 20), (0, 200), (5, 300)
+    )  # fmt: skip
+    # 0.1-0.5 um of z at 40 nm: voxels 2 (80-120 nm) to 12 (the one holding 480-500 nm).
+    assert parse_roi([[0.1, 0.5], [0, 1], None], "um", shape, voxel) == (
+        (2, 13), (0, 200), (0, 300)
+    )  # fmt: skip
+    assert parse_roi([[0, 4000], None, None], "nm", shape, voxel)[0] == (0, 100)
+    errors = {
+        "roi: z 90-120 .* outside the volume's 0-100": ([[90, 120], None, None], "voxel", voxel),
+        "roi: y 50-50 .* empty": ([None, [50, 50], None], "voxel", voxel),
+        "roi_unit=nm: the input records no voxel size": ([None, None, None], "nm", None),
+        "roi_unit must be one of voxel, nm, um": (None, "mm", voxel),
+        "roi must be three": ([[0, 1]], "voxel", voxel),
+        "the x range must be": ([None, None, 5], "voxel", voxel),
+        "voxel ranges must be integers": ([[0.5, 3], None, None], "voxel", voxel),
+    }
+    for message, (roi, unit, size) in errors.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_roi(roi, unit, shape, size)
+
+
+def test_settings_are_checked():
     with pytest.raises(ConfigError, match="blockwise.workers"):
         BlockwiseSettings(workers=0)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -166,6 +216,27 @@ def test_a_block_of_the_pipeline_equals_the_same_slices_of_the_whole_volume(
             np.testing.assert_array_equal(
                 pipeline.block_probabilities(volume, z0, z1), whole[z0:z1]
             )
+
+
+# Slices of 48 x 48 tiled into 32 x 32 windows (5 x 5 over the padded slice), one per batch.
+TILED = ["inference.max_window_area=0", "inference.tile_size=32", "inference.sw_batch_size=1"]
+
+
+def test_a_tile_of_the_pipeline_equals_the_same_voxels_of_the_whole_volume(
+    volume_and_reference, tmp_path
+):
+    checkpoint, source, _ = volume_and_reference
+    overrides = [f"ckpt_path={checkpoint}", "input=x", "output=y", *POST, *TILED, "torch_threads=1"]
+    pipeline = build_pipeline(compose_predict(overrides, tmp_path))
+    with open_volume(source) as volume:
+        whole = np.stack(list(pipeline.probabilities(volume)))
+        for (z0, z1), ys, xs in [
+            ((0, 2), (0, 16), (0, 48)),  # a corner: mirrored padding, the median's edge
+            ((4, 7), (16, 40), (8, 40)),  # inside: windows and median from around the tile
+            ((10, 11), (47, 48), (0, 1)),
+        ]:
+            tile = pipeline.block_probabilities(volume, z0, z1, (ys, xs))
+            np.testing.assert_array_equal(tile, whole[z0:z1, slice(*ys), slice(*xs)])
 
 
 # --- blockwise runs on daisy ------------------------------------------------------------------
@@ -227,7 +298,10 @@ def test_failed_blocks_are_retried_reported_and_redone_alone_by_slurm_workers(
     code, err = run_script("predict.py", args, tmp_path, capsys)
     assert code == 2, err
     assert re.search(
-        r"^error: 3 of 6 blocks not done: failed z 6-7, z 8-9, z 10-10 after 1 ", err, re.M
+        r"^error: 3 of 6 blocks not done: failed z 6-7 y 0-47 x 0-47, z 8-9 y 0-47 x 0-47, "
+        r"z 10-10 y 0-47 x 0-47 after 1 ",
+        err,
+        re.M,
     )
     assert not open_prediction_store(output, "r").complete
     logs = list((run_directory(output) / "logs").rglob("worker_*.err"))
@@ -257,15 +331,32 @@ def test_failed_blocks_are_retried_reported_and_redone_alone_by_slurm_workers(
     assert job.endswith(f"-m emseg.blockwise.worker {run_directory(output) / 'worker.json'}")
 
 
+def test_a_roi_in_tiles_equals_the_same_voxels_of_predict_py(volume_and_reference, tmp_path):
+    checkpoint, source, _ = volume_and_reference
+    reference = tmp_path / "whole.tif"
+    overrides = [f"ckpt_path={checkpoint}", f"input={source}", f"output={reference}", *POST]
+    run_predict(compose_predict([*overrides, *TILED, "torch_threads=1"], tmp_path))
+    output = tmp_path / "roi.zarr"
+    extra = [*TILED, "roi=[[2,9],[8,48],null]", "blockwise.block_yx=[32,32]"]
+    extra += ["blockwise.chunks=[1,16,16]"]
+    result = run_predict(blockwise_cfg(checkpoint, source, output, *extra))
+    assert result["complete"] and result["blocks"] == 4 * 2 * 2
+    expected = tifffile.imread(reference)[2:9, 8:48, :]
+    np.testing.assert_array_equal(stored(output)["probabilities"], expected)
+    ome = zarr.open_group(str(output / "probabilities")).attrs["ome"]["multiscales"][0]
+    assert ome["datasets"][0]["coordinateTransformations"][1]["translation"] == [2, 8, 0]
+
+
 def test_a_dry_run_times_one_block_and_writes_nothing(volume_and_reference, tmp_path, capsys):
     checkpoint, source, _ = volume_and_reference
     output = tmp_path / "out.zarr"
     report = run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.dry_run=true"))
-    assert (report["blocks"], report["halo"], report["timed_block"]) == (6, 2, [6, 8])
+    assert (report["blocks"], report["halo"]) == (6, 2)
+    assert report["timed_block"] == [6, 8, 0, SIZE, 0, SIZE]
     assert report["read_slices"] == 6 and report["block_seconds"] > 0
     assert report["estimated_seconds"] == pytest.approx(6 * report["block_seconds"])
     assert report["peak_rss_mib"] > 50
-    assert "dry run: 6 blocks of 2 slices, halo 2" in capsys.readouterr().out
+    assert "dry run: 6 blocks of 2x48x48 voxels, z halo 2" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # no store, no lock, no run directory
 
 
@@ -281,6 +372,19 @@ def test_bad_blockwise_runs_are_refused_before_any_block(volume_and_reference, t
         run_predict(blockwise_cfg(checkpoint, source, output, "postprocess.min_size=5"))
     with pytest.raises(ConfigError, match="multiple of the chunks"):
         run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.chunks=[4,32,32]"))
+    with pytest.raises(ConfigError, match="block_slices=1 is smaller than the halo of 2"):
+        run_predict(blockwise_cfg(checkpoint, source, output, "blockwise.block_slices=1"))
+    narrow = [*TILED, "blockwise.block_yx=16", "blockwise.chunks=[1,16,16]"]
+    with pytest.raises(ConfigError, match=r"block_yx=\[16, 16\] is smaller than .* tile"):
+        run_predict(blockwise_cfg(checkpoint, source, output, *narrow))
+    with pytest.raises(ConfigError, match="roi: x 40-60 .* outside the volume's 0-48"):
+        run_predict(blockwise_cfg(checkpoint, source, output, "roi=[null,null,[40,60]]"))
+    with pytest.raises(ConfigError, match="roi_unit=um: the input records no voxel size"):
+        run_predict(
+            blockwise_cfg(checkpoint, source, output, "roi=[[0,1],null,null]", "roi_unit=um")
+        )
+    with pytest.raises(ConfigError, match="roi: a region of interest is predicted into a Zarr"):
+        run_predict(blockwise_cfg(checkpoint, source, tmp_path / "p.tif", "roi=[[0,1],null,null]"))
     with pytest.raises(ConfigError, match="names an array inside .*out.zarr; give the store"):
         run_predict(blockwise_cfg(checkpoint, source, output / "probabilities"))
     with pytest.raises(ConfigError, match="output: cannot write to /sys"):  # even as root

@@ -24,9 +24,13 @@ def test_store_takes_blocks_in_any_order_and_opens_only_when_complete(tmp_path):
     store = create_prediction_store(tmp_path / "out.zarr", layout, {"checkpoint": "x"})
     data = np.random.default_rng(0).integers(0, 255, (5, 40, 50), dtype=np.uint8)
     for z0 in (4, 0, 2):  # any order; the last block is the volume's short end
-        store.write_block(z0, {"probabilities": data[z0 : z0 + 2]})
-    with pytest.raises(ValueError, match="not whole chunks"):
-        store.write_block(1, {"probabilities": data[1:3]})
+        for y0, x0 in ((16, 0), (0, 32), (0, 0), (16, 32)):  # tiles: whole chunks, short ends
+            box = (slice(z0, z0 + 2), slice(y0, y0 + 24 if y0 else 16), slice(x0, x0 + 32))
+            store.write_block((z0, y0, x0), {"probabilities": data[box]})
+    with pytest.raises(ValueError, match="z 1-2 is not whole chunks of 2"):
+        store.write_block((1, 0, 0), {"probabilities": data[1:3]})
+    with pytest.raises(ValueError, match="x 8-41 is not whole chunks of 16"):
+        store.write_block((0, 0, 8), {"probabilities": data[0:2, :, :34]})
     with pytest.raises(DataError, match="not complete.*rerun the same"):
         open_volume(tmp_path / "out.zarr" / "probabilities")
     store.mark_complete()
@@ -61,8 +65,9 @@ def test_a_store_is_created_once_and_resumed_only_with_the_same_layout(tmp_path)
     with pytest.raises(ConfigError, match="another layout"):
         check_layout_matches(reopened, other, {"threshold": 0.5}, "output")
     with pytest.raises(ValueError, match="blocks of"):
-        store.write_block(0, {"probabilities": np.zeros((1, 20, 20), np.uint8)})
+        store.write_block((0, 0, 0), {"probabilities": np.zeros((1, 20, 20), np.uint8)})
     with pytest.raises(ValueError, match="expected"):
-        store.write_block(0, {name: np.zeros((1, 20, 20), np.float32) for name in layout.arrays})
+        blocks = {name: np.zeros((1, 20, 20), np.float32) for name in layout.arrays}
+        store.write_block((0, 0, 0), blocks)
     with pytest.raises(ConfigError, match="blockwise.arrays"):
         StoreLayout((4, 20, 20), arrays={"labels": "uint8"})

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from emseg.blockwise.engine import format_block
 from emseg.blockwise.plan import BlockPlan
 from emseg.io.encoding import probabilities_as
 
@@ -43,16 +44,19 @@ def dry_run(
     if threads is not None:
         torch.set_num_threads(int(threads))
     blocks = list(plan)
-    z0, z1 = blocks[len(blocks) // 2]
+    box = blocks[len(blocks) // 2]
+    z0, z1, y0, y1, x0, x1 = box
+    _, height, width = source.shape
+    region = None if (y0, y1, x0, x1) == (0, height, 0, width) else ((y0, y1), (x0, x1))
     start = time.perf_counter()
-    probabilities_as(pipeline.block_probabilities(source, z0, z1), dtype)
+    probabilities_as(pipeline.block_probabilities(source, z0, z1, region), dtype)
     seconds = time.perf_counter() - start
     r0, r1 = plan.read_range(z0, z1)
     return {
         "blocks": len(blocks),
-        "block_slices": plan.block_slices,
+        "block_shape": list(plan.block_shape),
         "halo": plan.halo,
-        "timed_block": [z0, z1],
+        "timed_block": list(box),
         "read_slices": r1 - r0,
         "block_seconds": seconds,
         "workers": int(workers),
@@ -63,10 +67,10 @@ def dry_run(
 
 def format_dry_run(report: dict[str, Any]) -> str:
     """The dry run's report as two lines."""
-    z0, z1 = report["timed_block"]
+    box = format_block(tuple(report["timed_block"]))
     return (
-        f"dry run: {report['blocks']} blocks of {report['block_slices']} slices, halo "
-        f"{report['halo']} (block z {z0}-{z1 - 1} reads {report['read_slices']} slices), "
+        f"dry run: {report['blocks']} blocks of {'x'.join(map(str, report['block_shape']))} "
+        f"voxels, z halo {report['halo']} (block {box} reads {report['read_slices']} slices), "
         f"{report['workers']} worker(s)\n"
         f"dry run: {report['block_seconds']:.2f} s per block (timed here), estimated "
         f"{report['estimated_seconds'] / 60:.1f} min plus worker start-up; peak memory per "

@@ -21,10 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from emseg.blockwise.plan import BlockPlan
+from emseg.blockwise.plan import Block, BlockPlan
 from emseg.errors import ConfigError, EmsegError
 
-__all__ = ["BlockwiseError", "BlockwiseOutcome", "import_daisy", "run_blocks"]
+__all__ = [
+    "BlockwiseError",
+    "BlockwiseOutcome",
+    "block_box",
+    "format_block",
+    "import_daisy",
+    "run_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +39,7 @@ TASK_ID = "predict"
 
 
 class BlockwiseError(EmsegError):
-    """Blocks that failed after their retries (named by their z ranges), or an abandoned run."""
+    """Blocks that failed after their retries (named by their boxes), or an abandoned run."""
 
 
 def import_daisy() -> Any:
@@ -55,7 +62,8 @@ class BlockwiseOutcome:
         total: blocks in the plan.
         completed: blocks done in this run.
         skipped: blocks done by an earlier run (or masked out by ``skip``).
-        failed: ``(z0, z1)`` of the blocks that failed after their retries.
+        failed: the boxes (:data:`~emseg.blockwise.plan.Block`) of the blocks that failed
+            after their retries.
         unfinished: blocks neither done nor skipped (the failed ones and any a dead worker
             left without a failure record).
         seconds: wall time of the scheduler.
@@ -64,14 +72,22 @@ class BlockwiseOutcome:
     total: int
     completed: int
     skipped: int
-    failed: list[tuple[int, int]] = field(default_factory=list)
+    failed: list[Block] = field(default_factory=list)
     unfinished: int = 0
     seconds: float = 0.0
 
 
-def _z_range(block: Any) -> tuple[int, int]:
-    z0 = int(block.write_roi.offset[0])
-    return z0, z0 + int(block.write_roi.shape[0])
+def block_box(block: Any) -> Block:
+    """The ``(z0, z1, y0, y1, x0, x1)`` box of a daisy block's write ROI."""
+    offset, shape = block.write_roi.offset, block.write_roi.shape
+    box = [(int(offset[axis]), int(offset[axis]) + int(shape[axis])) for axis in range(3)]
+    return tuple(v for pair in box for v in pair)  # type: ignore[return-value]
+
+
+def format_block(box: Block) -> str:
+    """``z 0-15 y 0-2047 x 2048-4095`` (inclusive ranges, the volume's voxels)."""
+    z0, z1, y0, y1, x0, x1 = box
+    return f"z {z0}-{z1 - 1} y {y0}-{y1 - 1} x {x0}-{x1 - 1}"
 
 
 def run_blocks(
@@ -89,8 +105,9 @@ def run_blocks(
     """Run ``worker`` in ``workers`` processes until every block of ``plan`` is done or failed.
 
     Args:
-        plan: the z blocks; daisy's total ROI is the volume grown by the halo, its write ROI
-            one block, its read ROI the block grown by the halo (shrunk at the volume's end).
+        plan: the blocks; daisy's total ROI is the region of interest grown by the z halo, its
+            write ROI one block, its read ROI the block grown by the z halo (shrunk at the
+            region's ends).
         worker: a picklable zero-argument callable run in each worker process: it connects a
             ``daisy.Client`` and processes blocks until none is left.
         workers: the number of worker processes.
@@ -100,11 +117,12 @@ def run_blocks(
         max_retries: attempts after the first before a block counts as failed.
         block_timeout_s: preempt (kill and retry) a block running longer.
         progress: daisy's live progress bar and its summary at the end.
-        skip: one flag per block (plan order): ``True`` = not this run, not recorded as done.
+        skip: one flag per block (plan order, z then y then x): ``True`` = not this run, not
+            recorded as done.
         host: the scheduler address the workers connect to (``None``: daisy detects it).
 
     Returns:
-        The counts and the failed blocks' z ranges (the caller decides what failure means).
+        The counts and the failed blocks' boxes (the caller decides what failure means).
 
     Raises:
         BlockwiseError: the workers kept dying (daisy abandoned the task), with daisy's reason.
@@ -113,13 +131,15 @@ def run_blocks(
     tracking_dir, log_dir = Path(tracking_dir), Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     daisy.logging.set_log_basedir(str(log_dir))
-    halo, size = int(plan.halo), int(plan.block_slices)
-    mask = None if skip is None else np.asarray(skip, dtype=bool)
+    halo = int(plan.halo)
+    (z0, _), (y0, _), (x0, _) = plan.roi
+    extent, block = plan.shape, plan.block_shape
+    mask = None if skip is None else np.asarray(skip, dtype=bool).reshape(plan.grid)
     task = daisy.Task(
         TASK_ID,
-        total_roi=daisy.Roi((-halo,), (int(plan.depth) + 2 * halo,)),
-        read_roi=daisy.Roi((-halo,), (size + 2 * halo,)),
-        write_roi=daisy.Roi((0,), (size,)),
+        total_roi=daisy.Roi((z0 - halo, y0, x0), (extent[0] + 2 * halo, *extent[1:])),
+        read_roi=daisy.Roi((-halo, 0, 0), (block[0] + 2 * halo, *block[1:])),
+        write_roi=daisy.Roi((0, 0, 0), block),
         process_function=worker,
         read_write_conflict=False,  # blocks write disjoint chunks and read only the input
         fit="shrink",
@@ -142,7 +162,7 @@ def run_blocks(
         total=int(state.total_block_count),
         completed=int(state.completed_count) - int(state.skipped_count),
         skipped=int(state.skipped_count),
-        failed=sorted(_z_range(block) for block in task.failed_blocks()),
+        failed=sorted(block_box(block) for block in task.failed_blocks()),
         unfinished=int(state.total_block_count) - int(state.completed_count),
         seconds=seconds,
     )

@@ -34,13 +34,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from emseg.blockwise.dry_run import dry_run, format_dry_run
-from emseg.blockwise.engine import BlockwiseError, import_daisy, run_blocks
-from emseg.blockwise.plan import BlockPlan
+from emseg.blockwise.engine import BlockwiseError, format_block, import_daisy, run_blocks
+from emseg.blockwise.plan import BlockPlan, block_yx_of
+from emseg.blockwise.roi import Roi, parse_roi
 from emseg.blockwise.settings import BlockwiseSettings
 from emseg.blockwise.slurm import SrunWorker, srun_command
 from emseg.blockwise.worker import BlockWorker
 from emseg.errors import ConfigError
 from emseg.inference import InferencePipeline, build_pipeline
+from emseg.inference.sliding_window import plan_slice
 from emseg.io import open_volume
 from emseg.io.encoding import check_output_dtype
 from emseg.io.formats import parse_volume
@@ -49,6 +51,7 @@ from emseg.io.prediction_store import (
     PredictionStore,
     StoreLayout,
     check_layout_matches,
+    chunk_aligned,
     create_prediction_store,
     open_prediction_store,
 )
@@ -132,7 +135,7 @@ def _worker_config(cfg: DictConfig, pipeline: InferencePipeline, threads: int | 
     }
 
 
-def _run_record(cfg: DictConfig, pipeline: InferencePipeline, source: Any, block: int) -> dict:
+def _run_record(cfg: DictConfig, pipeline: InferencePipeline, source: Any, plan: BlockPlan) -> dict:
     """What the store was written with (a resumed run must repeat it), as JSON values."""
     record = {
         "input": str(Path(str(cfg.input)).resolve()),
@@ -142,7 +145,8 @@ def _run_record(cfg: DictConfig, pipeline: InferencePipeline, source: Any, block
         "postprocess": pipeline.postprocess.as_dict(),
         "threshold": float(pipeline.threshold),
         "output_dtype": str(cfg.output_dtype),
-        "block_slices": int(block),
+        "block_shape": list(plan.block_shape),
+        "roi": [list(r) for r in plan.roi],
     }
     return json.loads(json.dumps(record))
 
@@ -206,14 +210,55 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
     with open_volume(str(cfg.input)) as source:
         arrays = {name: (dtype if name == "probabilities" else "uint8") for name in settings.arrays}
         voxel = getattr(source, "voxel_size", None)
-        layout = StoreLayout(source.shape, settings.chunks, arrays, voxel)
-        halo = pipeline.z_halo(source)
-        plan = BlockPlan(source.shape[0], int(settings.block_slices), layout.chunks[0], halo)
+        roi = parse_roi(cfg.get("roi"), str(cfg.get("roi_unit", "voxel")), source.shape, voxel)
+        extent = tuple(b - a for a, b in roi)
+        start = [a for a, _ in roi]
+        translation = [a * v for a, v in zip(start, voxel, strict=True)] if voxel else start
+        layout = StoreLayout(extent, settings.chunks, arrays, voxel, tuple(translation))
+        plan = _plan(pipeline, source, settings, layout, roi)
         if settings.dry_run:
             report = dry_run(pipeline, source, plan, int(settings.workers), threads, dtype)
             print(format_dry_run(report), flush=True)
             return {"output": str(output), "dry_run": True, **report}
         return _run(cfg, pipeline, source, settings, layout, plan, output, threads, gpus, skip)
+
+
+def _plan(
+    pipeline: InferencePipeline,
+    source: Any,
+    settings: BlockwiseSettings,
+    layout: StoreLayout,
+    roi: Roi,
+) -> BlockPlan:
+    """The blocks of ``roi``; blocks thinner than the halo or narrower than a window refused."""
+    halo = pipeline.z_halo(source)
+    if int(settings.block_slices) < halo:
+        raise ConfigError(
+            f"blockwise.block_slices={settings.block_slices} is smaller than the halo of {halo} "
+            "slices (2.5D context + the 3D median's z radius) that each block reads on both "
+            f"sides; use at least {chunk_aligned(halo, layout.chunks[0])}"
+        )
+    block_yx = block_yx_of(settings.block_yx, layout.shape[1:], layout.chunks[1:])
+    plan = BlockPlan(
+        source.shape, int(settings.block_slices), layout.chunks[0], halo, roi, block_yx
+    )
+    tiles = not plan.whole_slices() or plan.shape[1:] != tuple(source.shape[1:])
+    window = pipeline.window
+    slice_plan = plan_slice(*source.shape[1:], window, pipeline.predictor.stride)
+    if tiles and not slice_plan.single:
+        if slice_plan.naive:
+            raise ConfigError(
+                "inference.mode=naive cannot be predicted in y / x tiles or a y / x roi (its "
+                "disjoint tiles extend the slice); use inference.mode=gaussian"
+            )
+        cut = [b for b, s in zip(block_yx, plan.shape[1:], strict=True) if b < s]
+        if cut and min(cut) < int(window.tile_size):
+            raise ConfigError(
+                f"blockwise.block_yx={list(block_yx)} is smaller than the sliding window's tile "
+                f"(inference.tile_size={window.tile_size}): every window would be predicted "
+                f"for several blocks; use blocks of at least {window.tile_size} pixels"
+            )
+    return plan
 
 
 def _run(
@@ -232,7 +277,7 @@ def _run(
     slurm, dtype, halo = settings.launcher == "slurm", str(cfg.output_dtype), plan.halo
     run_dir = run_directory(output)
     with _exclusive(run_dir):
-        record = _run_record(cfg, pipeline, source, plan.block_slices)
+        record = _run_record(cfg, pipeline, source, plan)
         store = _open_store(output, layout, record, bool(cfg.overwrite), run_dir / "tracking")
         worker = BlockWorker(
             _worker_config(cfg, pipeline, threads),
@@ -241,6 +286,7 @@ def _run(
             dtype,
             None if slurm else os.getpid(),
             gpus,
+            [a for a, _ in plan.roi],
         )
         process: Any = worker
         if slurm:
@@ -250,13 +296,14 @@ def _run(
         else:
             where = f"GPUs {','.join(gpus)}" if gpus else f"{threads} CPU thread(s) each"
         log.info(
-            "predicting %s %s blockwise into %s: %d blocks of %d slices (halo %d), %d worker(s) "
-            "(%s)",
+            "predicting %s %s (roi %s) blockwise into %s: %d blocks of %s voxels (z halo %d), "
+            "%d worker(s) (%s)",
             source.path,
             "x".join(map(str, source.shape)),
+            " ".join(f"{a}-{b - 1}" for a, b in plan.roi),
             output,
             len(plan),
-            plan.block_slices,
+            "x".join(map(str, plan.block_shape)),
             halo,
             settings.workers,
             where,
@@ -274,7 +321,7 @@ def _run(
             settings.slurm.host if slurm else "127.0.0.1",
         )
         if outcome.failed or outcome.unfinished:
-            listed = ", ".join(f"z {z0}-{z1 - 1}" for z0, z1 in outcome.failed[:20])
+            listed = ", ".join(format_block(box) for box in outcome.failed[:20])
             more = "" if len(outcome.failed) <= 20 else f" and {len(outcome.failed) - 20} more"
             raise BlockwiseError(
                 f"{outcome.unfinished} of {outcome.total} blocks not done"

@@ -32,7 +32,11 @@ class BlockwiseSettings:
     Attributes:
         workers: local worker processes; each loads the model once and takes one GPU
             (``CUDA_VISIBLE_DEVICES``) when there are GPUs, else ``cpus // workers`` threads.
-        block_slices: output slices per block (a multiple of ``chunks[0]``).
+        block_slices: output slices per block (a multiple of ``chunks[0]``, at least the
+            halo: a thinner block would read more context than it writes).
+        block_yx: the blocks' y / x size: ``auto`` (whole slices up to 4096 x 4096 pixels,
+            else 2048 x 2048 tiles), ``None`` (whole slices), a size or ``[y, x]``; rounded up
+            to the chunks (:func:`~emseg.blockwise.plan.block_yx_of`).
         chunks: ``(z, y, x)`` chunk shape of the output arrays.
         arrays: what the store holds: ``probabilities`` (as ``output_dtype``) and / or
             ``mask`` (uint8 0 / 255 above the threshold).
@@ -48,6 +52,7 @@ class BlockwiseSettings:
 
     workers: int = 1
     block_slices: int = 16
+    block_yx: Any = "auto"
     chunks: Sequence[int] = DEFAULT_CHUNKS
     arrays: Sequence[str] = field(default_factory=lambda: list(ARRAY_NAMES))
     max_retries: int = 2

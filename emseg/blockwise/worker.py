@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg.blockwise.engine import block_box, format_block
+from emseg.blockwise.plan import Block
 from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import PredictionStore
 
@@ -50,25 +52,35 @@ ORPHAN_CHECK_S = 2.0
 
 
 def predict_block(
-    pipeline: Any, source: Any, store: PredictionStore, z0: int, z1: int, dtype: str
+    pipeline: Any,
+    source: Any,
+    store: PredictionStore,
+    box: Block,
+    dtype: str,
+    origin: Sequence[int] = (0, 0, 0),
 ) -> None:
-    """Predict output slices ``z0 .. z1 - 1`` of ``source`` and write them into ``store``.
+    """Predict the voxels ``box`` of ``source`` and write them into ``store``.
 
     Args:
         pipeline: an :class:`~emseg.inference.InferencePipeline`.
         source: the ``(Z, Y, X)`` input (:class:`~emseg.io.VolumeSource`); only the block's
-            read range is read.
+            read range (and, for a y / x tile, the input under its windows) is read.
         store: the open prediction store; every one of its arrays is written.
-        z0, z1: the block (``z1`` exclusive), aligned to the store's chunks.
+        box: ``(z0, z1, y0, y1, x0, x1)`` in the input's voxels, aligned to the store's chunks.
         dtype: how probabilities are stored (``uint8`` | ``float16``).
+        origin: the input voxel of the store's first voxel (the region of interest's start).
     """
-    probs = pipeline.block_probabilities(source, z0, z1)
+    z0, z1, y0, y1, x0, x1 = box
+    _, height, width = source.shape
+    whole = (y0, y1, x0, x1) == (0, height, 0, width)
+    region = None if whole else ((y0, y1), (x0, x1))
+    probs = pipeline.block_probabilities(source, z0, z1, region)
     blocks: dict[str, np.ndarray] = {}
     if "probabilities" in store.layout.arrays:
         blocks["probabilities"] = probabilities_as(probs, dtype)
     if "mask" in store.layout.arrays:
         blocks["mask"] = (probs > pipeline.threshold).astype(np.uint8) * MASK_VALUE
-    store.write_block(z0, blocks)
+    store.write_block((z0 - origin[0], y0 - origin[1], x0 - origin[2]), blocks)
 
 
 def _exit_when_orphaned(scheduler_pid: int) -> None:
@@ -97,6 +109,7 @@ class BlockWorker:
         scheduler_pid: the local scheduler process (this worker's parent), watched so that the
             worker exits with it; ``None`` on SLURM (the parent is SLURM's).
         gpus: GPU ids to spread local workers over; empty = CPU, or SLURM's own GPU choice.
+        origin: the input voxel ``(z, y, x)`` of the store's first voxel (``roi``'s start).
     """
 
     config: Mapping[str, Any]
@@ -105,6 +118,7 @@ class BlockWorker:
     dtype: str
     scheduler_pid: int | None = None
     gpus: Sequence[str] = field(default_factory=list)
+    origin: Sequence[int] = field(default_factory=lambda: [0, 0, 0])
 
     def to_json(self, path: Path) -> Path:
         """Write the worker's settings to ``path`` (what a SLURM job starts from)."""
@@ -143,12 +157,11 @@ class BlockWorker:
                         if block is None:
                             break
                         acquired = True
-                        z0 = int(block.write_roi.offset[0])
-                        z1 = z0 + int(block.write_roi.shape[0])
+                        box = block_box(block)
                         start = time.perf_counter()
-                        predict_block(pipeline, source, store, z0, z1, self.dtype)
+                        predict_block(pipeline, source, store, box, self.dtype, self.origin)
                         seconds = time.perf_counter() - start
-                        log.info("block z %d-%d written in %.2f s", z0, z1 - 1, seconds)
+                        log.info("block %s written in %.2f s", format_block(box), seconds)
                 except Exception:
                     if not acquired:  # the scheduler connection itself failed
                         raise

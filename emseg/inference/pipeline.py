@@ -33,7 +33,7 @@ from emseg.errors import ConfigError
 from emseg.hardware import set_torch_threads
 from emseg.inference.checkpoint import Checkpoint, load_checkpoint
 from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
-from emseg.inference.volume_predictor import SliceSource, VolumePredictor
+from emseg.inference.volume_predictor import Region, SliceSource, VolumePredictor
 from emseg.inference.window import WindowSettings
 from emseg.postprocess import PostprocessSettings, median_filter_slices
 
@@ -117,14 +117,24 @@ class InferencePipeline:
         3D median's half-size in z (:meth:`block_probabilities` reads no further)."""
         return int(self.checkpoint.preprocessing.context) + self.median_footprint(slices)[0] // 2
 
-    def block_probabilities(self, slices: SliceSource, start: int, stop: int) -> np.ndarray:
-        """Float32 ``(stop - start, Y, X)`` probabilities of slices ``start .. stop - 1``,
-        equal to the same slices of :meth:`probabilities` over the whole of ``slices``.
+    def block_probabilities(
+        self,
+        slices: SliceSource,
+        start: int,
+        stop: int,
+        region: Region | None = None,
+    ) -> np.ndarray:
+        """Float32 ``(stop - start, Y, X)`` probabilities of slices ``start .. stop - 1``
+        (of rows ``y0 .. y1 - 1`` and columns ``x0 .. x1 - 1`` only, given ``region`` =
+        ``((y0, y1), (x0, x1))``), equal to the same voxels of :meth:`probabilities` over the
+        whole of ``slices``.
 
-        The network predicts the range grown by the median's z radius (clipped to the volume),
-        each slice with its 2.5D context from the volume; the median runs over those and only
-        the range's own slices are kept: its first / last slices see their true neighbours, or
-        the volume's ends extended exactly as the streamed whole-volume filter extends them.
+        The network predicts the block grown by the median's radius on every axis (clipped to
+        the volume), each slice with its 2.5D context from the volume and a region with the
+        whole slice's windows (:mod:`emseg.inference.slice_region`); the median runs over
+        those and only the block's own voxels are kept: its outer voxels see their true
+        neighbours, or the volume's ends extended exactly as the whole-volume filter extends
+        them.
         """
         depth = len(slices)
         if not 0 <= start < stop <= depth:
@@ -132,10 +142,21 @@ class InferencePipeline:
         footprint = self.median_footprint(slices)
         radius = footprint[0] // 2
         first, last = max(0, start - radius), min(depth, stop + radius)
-        probs = self.predictor.predict(slices, first, last)
+        grown, keep = None, (slice(None), slice(None))
+        if region is not None:
+            (y0, y1), (x0, x1) = region
+            height, width = _slice_shape(slices)
+            if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+                raise ValueError(f"region {region} is not within the {height} x {width} slice")
+            ry, rx = footprint[1] // 2, footprint[2] // 2
+            gy0, gy1 = max(0, y0 - ry), min(height, y1 + ry)
+            gx0, gx1 = max(0, x0 - rx), min(width, x1 + rx)
+            grown = ((gy0, gy1), (gx0, gx1))
+            keep = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
+        probs = self.predictor.predict(slices, first, last, grown)
         filtered = median_filter_slices(probs, footprint, torch.get_num_threads())
         kept = itertools.islice(filtered, start - first, stop - first)
-        return np.stack(list(kept)).astype(np.float32, copy=False)
+        return np.stack([p[keep] for p in kept]).astype(np.float32, copy=False)
 
     def median_footprint(self, slices: object | None = None) -> tuple[int, int, int]:
         """The 3D median's ``(Z, Y, X)`` footprint in voxels for ``slices`` (see
@@ -190,6 +211,12 @@ def _settings(cfg: DictConfig) -> tuple[WindowSettings, PostprocessSettings]:
     window = instantiate(cfg.inference) if cfg.get("inference") is not None else WindowSettings()
     post = cfg.get("postprocess")
     return window, instantiate(post) if post is not None else PostprocessSettings()
+
+
+def _slice_shape(slices: SliceSource) -> tuple[int, int]:
+    """``(Y, X)`` of a source's slices without reading one when it knows its shape."""
+    shape = getattr(slices, "shape", None)
+    return tuple(int(s) for s in shape[1:]) if shape is not None else np.asarray(slices[0]).shape
 
 
 def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> InferencePipeline:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +41,19 @@ from emseg.inference.tta import apply_tta
 from emseg.inference.window import PAD_MODES, WindowSettings
 
 __all__ = [
+    "SlicePlan",
+    "blend_windows",
     "gaussian_weights",
     "model_stride",
     "pad_border",
     "pad_to_multiple",
     "plan_axis",
+    "plan_slice",
     "predict_slice",
+    "window_predictor",
 ]
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 # Smallest blend weight relative to the peak: only keeps every pixel's total weight positive.
 WEIGHT_FLOOR = 1e-8
@@ -167,6 +174,72 @@ def plan_axis(
     return window, [round(i * step) for i in range(count)]
 
 
+@dataclass(frozen=True)
+class SlicePlan:
+    """Where the windows of one ``(Y, X)`` slice lie, in the coordinates of the padded slice.
+
+    Attributes:
+        height, width: the slice before border padding.
+        pad: ``border_pad`` on every side.
+        window: ``(y, x)`` window size (the whole padded slice when ``single``).
+        starts_y, starts_x: window start offsets along y and x; windows are taken in row-major
+            order (every x start of the first y start, then the next y start...).
+        single: one forward pass over the whole padded slice (no blending).
+        naive: the report's disjoint tiling (``mode="naive"``), not expressed by the starts.
+    """
+
+    height: int
+    width: int
+    pad: int
+    window: tuple[int, int]
+    starts_y: tuple[int, ...]
+    starts_x: tuple[int, ...]
+    single: bool
+    naive: bool = False
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """``(Y, X)`` of the padded slice."""
+        return self.height + 2 * self.pad, self.width + 2 * self.pad
+
+
+def plan_slice(height: int, width: int, window: WindowSettings, stride: int) -> SlicePlan:
+    """The windows :func:`predict_slice` uses for a ``height x width`` slice (module docstring)."""
+    pad = int(window.border_pad)
+    padded_y, padded_x = height + 2 * pad, width + 2 * pad
+    tile = window.tile_size
+    area = _round_up(padded_y, stride) * _round_up(padded_x, stride)
+    if tile is None or area <= int(window.max_window_area):
+        return SlicePlan(height, width, pad, (padded_y, padded_x), (0,), (0,), single=True)
+    if window.mode == "naive":
+        return SlicePlan(height, width, pad, (int(tile),) * 2, (), (), single=False, naive=True)
+    window_y, starts_y = plan_axis(height, padded_y, int(tile), float(window.overlap), stride)
+    window_x, starts_x = plan_axis(width, padded_x, int(tile), float(window.overlap), stride)
+    single = len(starts_y) == len(starts_x) == 1
+    return SlicePlan(
+        height, width, pad, (window_y, window_x), tuple(starts_y), tuple(starts_x), single
+    )
+
+
+def window_predictor(
+    model: nn.Module,
+    *,
+    stride: int,
+    tta: str,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> Predictor:
+    """Windows ``(N, C, y, x)`` -> probabilities ``(N, 1, y, x)`` (padded to the stride inside)."""
+    return functools.partial(
+        _window_probabilities,
+        model,
+        stride=stride,
+        tta=tta,
+        autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+    )
+
+
 @torch.inference_mode()
 def predict_slice(
     model: nn.Module,
@@ -200,34 +273,28 @@ def predict_slice(
     if image.ndim != 3:
         raise ValueError(f"image must be (C, Y, X), got shape {tuple(image.shape)}")
     _, height, width = image.shape
-    pad = int(window.border_pad)
+    plan = plan_slice(height, width, window, stride)
+    pad = plan.pad
     x = pad_border(image[None].float(), (pad, pad, pad, pad), window.padding_mode)
-    padded_y, padded_x = x.shape[-2:]
-
-    windows = functools.partial(
-        _window_probabilities,
+    windows = window_predictor(
         model,
         stride=stride,
         tta=window.tta,
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
     )
-    tile = window.tile_size
-    area = _round_up(padded_y, stride) * _round_up(padded_x, stride)
-    if tile is None or area <= int(window.max_window_area):
+    if plan.single:
         blended = windows(x)
-    elif window.mode == "naive":
-        blended = _disjoint_tiles(x, windows, int(tile), height, width, window.padding_mode)
+    elif plan.naive:
+        blended = _disjoint_tiles(
+            x, windows, int(window.tile_size), height, width, window.padding_mode
+        )
     else:
-        plan_y = plan_axis(height, padded_y, int(tile), float(window.overlap), stride)
-        plan_x = plan_axis(width, padded_x, int(tile), float(window.overlap), stride)
-        blended = _blend(
-            x, windows, plan_y, plan_x, window.mode, window.sigma_scale, window.sw_batch_size
+        corners = [(y, c) for y in plan.starts_y for c in plan.starts_x]
+        blended = blend_windows(
+            x, windows, corners, plan.window, window.mode, window.sigma_scale, window.sw_batch_size
         )
     return blended[0, 0, pad : pad + height, pad : pad + width].float()
-
-
-Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _window_probabilities(
@@ -256,20 +323,24 @@ def _window_probabilities(
     return apply_tta(probabilities, tiles, tta)
 
 
-def _blend(
+def blend_windows(
     x: torch.Tensor,
     windows: Predictor,
-    plan_y: tuple[int, list[int]],
-    plan_x: tuple[int, list[int]],
+    corners: Sequence[tuple[int, int]],
+    window: tuple[int, int],
     mode: str,
     sigma_scale: float,
     batch_size: int,
 ) -> torch.Tensor:
-    """Weighted mean of the window predictions over the padded slice ``x`` ``(1, C, Y, X)``."""
-    (window_y, starts_y), (window_x, starts_x) = plan_y, plan_x
-    corners = [(y, x0) for y in starts_y for x0 in starts_x]
-    if len(corners) == 1:
-        return windows(x)
+    """Weighted mean of the window predictions over the padded image ``x`` ``(1, C, Y, X)``.
+
+    ``corners`` are the windows' ``(y, x)`` starts in ``x``, in the order they are summed (a
+    pixel's sum adds its windows in this order, so a subset of a slice's windows in the same
+    order gives the same values bit for bit: :mod:`emseg.inference.slice_region`). Every window
+    is weighted, even a lone one, so that a region covered by one window of a tiled slice
+    equals the whole-slice blend there.
+    """
+    window_y, window_x = window
     if mode == "gaussian":
         weight = gaussian_weights((window_y, window_x), sigma_scale).to(x.device)
     else:

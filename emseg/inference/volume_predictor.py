@@ -10,7 +10,7 @@ crop, as training measured its images).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -21,12 +21,21 @@ from emseg.data.dataset import context_slices
 from emseg.data.normalization import Preprocessing
 from emseg.errors import ConfigError
 from emseg.hardware import auto_channels_last, auto_precision
-from emseg.inference.sliding_window import model_stride, predict_slice
+from emseg.inference.slice_region import predict_region, region_axes
+from emseg.inference.sliding_window import (
+    model_stride,
+    plan_slice,
+    predict_slice,
+    window_predictor,
+)
 from emseg.inference.window import WindowSettings
+from emseg.io.source import VolumeSource, ZRange
 
 __all__ = [
     "PRECISIONS",
+    "Region",
     "SliceSource",
+    "read_region",
     "VolumePredictor",
     "resolve_device",
     "resolve_precision",
@@ -34,6 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# ((y0, y1), (x0, x1)): rows and columns of a slice, stop exclusive.
+Region = tuple[tuple[int, int], tuple[int, int]]
 # Accepted spellings of inference.precision and the autocast dtype each one means.
 PRECISIONS: dict[str, torch.dtype | None] = {
     "32": None,
@@ -135,7 +146,11 @@ class VolumePredictor:
         return self._bound[id(volume)][1]
 
     def predict(
-        self, slices: SliceSource, start: int = 0, stop: int | None = None
+        self,
+        slices: SliceSource,
+        start: int = 0,
+        stop: int | None = None,
+        region: Region | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the probability slice of every ``z`` in ``start .. stop - 1``, in order.
 
@@ -147,13 +162,18 @@ class VolumePredictor:
                 context from the whole volume (clamped at the volume's ends, not the range's),
                 so a range equals the same slices of a whole-volume prediction; only slices
                 ``start - context .. stop - 1 + context`` are read.
+            region: ``((y0, y1), (x0, x1))``: predict only these rows and columns, with the
+                whole slice's windows (:mod:`emseg.inference.slice_region`), reading only the
+                input those windows cover; equal to the same pixels of the whole slice.
 
         Yields:
-            float32 ``(Y, X)`` foreground probabilities in [0, 1].
+            float32 ``(Y, X)`` (or the region's ``(y1 - y0, x1 - x0)``) foreground
+            probabilities in [0, 1].
         """
         depth = len(slices)
         context = self.preprocessing.context
         preprocessing = self.preprocessing_for(slices)
+        read, predict = self._slice_reader(slices, region)
         cache: dict[int, np.ndarray] = {}
         end = depth if stop is None else min(depth, int(stop))
         for z in range(max(0, int(start)), end):
@@ -163,15 +183,66 @@ class VolumePredictor:
                     del cache[index]
             for index in indices:
                 if int(index) not in cache:
-                    cache[int(index)] = preprocessing(np.asarray(slices[int(index)]))
+                    cache[int(index)] = preprocessing(read(int(index)))
             stack = np.stack([cache[int(index)] for index in indices])
             image = torch.from_numpy(stack).to(self.device)
-            probs = predict_slice(
-                self.model,
-                image,
-                self.window,
-                stride=self.stride,
-                autocast_dtype=PRECISIONS[self.precision],
-                channels_last=self.channels_last,
+            yield predict(image).cpu().numpy()
+
+    def _slice_reader(
+        self, slices: SliceSource, region: Region | None
+    ) -> tuple[Callable[[int], np.ndarray], Callable[[torch.Tensor], torch.Tensor]]:
+        """How to read slice ``z``'s input and predict it: whole slices, or a region's input."""
+        autocast = PRECISIONS[self.precision]
+        if region is None:
+            return (
+                lambda z: np.asarray(slices[z]),
+                lambda image: predict_slice(
+                    self.model,
+                    image,
+                    self.window,
+                    stride=self.stride,
+                    autocast_dtype=autocast,
+                    channels_last=self.channels_last,
+                ),
             )
-            yield probs.cpu().numpy()
+        _, height, width = _shape_of(slices)
+        plan = plan_slice(height, width, self.window, self.stride)
+        axes = region_axes(plan, *region)
+        (y0, y1), (x0, x1) = axes[0].read, axes[1].read
+        windows = window_predictor(
+            self.model,
+            stride=self.stride,
+            tta=self.window.tta,
+            autocast_dtype=autocast,
+            channels_last=self.channels_last,
+        )
+        return (
+            lambda z: read_region(slices, z, (y0, y1), (x0, x1)),
+            lambda image: predict_region(windows, image, plan, axes, self.window),
+        )
+
+
+def _shape_of(slices: SliceSource) -> tuple[int, int, int]:
+    shape = getattr(slices, "shape", None)
+    if shape is None:
+        first = np.asarray(slices[0])
+        shape = (len(slices), *first.shape)
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def read_region(
+    slices: SliceSource, z: int, ys: tuple[int, int], xs: tuple[int, int]
+) -> np.ndarray:
+    """Rows ``ys`` and columns ``xs`` (``[start, stop)``) of slice ``z`` of ``slices``.
+
+    A :class:`~emseg.io.VolumeSource` (or a z-range view of one) reads only that part from its
+    file (the chunks of a Zarr / HDF5 / N5 array it touches); anything else is indexed.
+    """
+    y, x = slice(*ys), slice(*xs)
+    if isinstance(slices, ZRange):
+        return np.asarray(slices.source.read(slices.start + int(z), y, x))
+    if isinstance(slices, VolumeSource):
+        return np.asarray(slices.read(int(z), y, x))
+    if isinstance(slices, np.ndarray):
+        return slices[int(z), y, x]
+    return np.asarray(slices[int(z)])[y, x]

@@ -2,7 +2,9 @@
 
 Unlike a :class:`~emseg.io.sink.VolumeSink` (one writer, z order, renamed into place on commit),
 a :class:`PredictionStore` is written by several processes at once, each writing whole blocks
-of slices wherever the scheduler sends it. Layout (Zarr v3, OME-Zarr 0.5)::
+wherever the scheduler sends it. The store holds the predicted region of interest (the whole
+input by default); its OME-Zarr ``translation`` places it in the input's coordinates.
+Layout (Zarr v3, OME-Zarr 0.5)::
 
     out.zarr/                     group; attributes["emseg"] = {"complete": bool, "run": {...}}
     out.zarr/probabilities/       OME-Zarr multiscales image (axes z, y, x; nanometer)
@@ -17,9 +19,9 @@ Atomicity, from the first byte to the last:
 
 1. :func:`create_prediction_store` writes every metadata document up front (root group, the
    image groups with their multiscales, the arrays), with ``complete: false``;
-2. :meth:`PredictionStore.write_block` writes whole chunks only (a block is a z range aligned
-   to the chunks' z size, all of y and x), so no two blocks share a chunk and concurrent
-   writers never touch the same file; zarr's local store writes each chunk to a temporary file
+2. :meth:`PredictionStore.write_block` writes whole chunks only (a block is a box aligned to
+   the chunk shape), so no two blocks share a chunk and concurrent writers never touch the
+   same file; zarr's local store writes each chunk to a temporary file
    and renames it, so a chunk is old or new, never half. A block is *committed* when its call
    returns (the scheduler records it as done only then);
 3. :meth:`PredictionStore.mark_complete` sets ``complete: true`` last. Until then
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,39 +151,44 @@ class PredictionStore:
         """Whether every block was written and the store marked complete."""
         return bool(self._group.attrs[ATTRS_KEY].get("complete"))
 
-    def write_block(self, z0: int, blocks: Mapping[str, np.ndarray]) -> None:
-        """Write slices ``z0 .. z0 + len(block) - 1`` of every array of the store.
+    def write_block(self, offset: Sequence[int], blocks: Mapping[str, np.ndarray]) -> None:
+        """Write the box of every array that starts at ``offset`` and has the blocks' shape.
 
         Args:
-            z0: first slice; a multiple of the chunks' z size.
-            blocks: array name -> ``(z, Y, X)`` block in that array's dtype; every array of
-                the layout, all of one depth, ending at a chunk boundary or the last slice.
+            offset: ``(z, y, x)`` of the box's first voxel in the store; multiples of the
+                chunk shape.
+            blocks: array name -> ``(z, y, x)`` block in that array's dtype; every array of
+                the layout, all of one shape, ending at chunk boundaries or the store's end.
 
         Raises:
             ValueError: a block that is not whole chunks, or a missing / wrong array.
         """
-        chunk_z, depth = self.layout.chunks[0], self.layout.shape[0]
         if set(blocks) != set(self.layout.arrays):
             raise ValueError(
                 f"{self.path}: blocks of {sorted(blocks)}, store holds {sorted(self.layout.arrays)}"
             )
-        depths = {len(block) for block in blocks.values()}
-        if len(depths) != 1:
-            raise ValueError(f"{self.path}: blocks of different depths {sorted(depths)}")
-        z1 = z0 + depths.pop()
-        if z0 % chunk_z or (z1 % chunk_z and z1 != depth) or not 0 <= z0 < z1 <= depth:
-            raise ValueError(
-                f"{self.path}: slices {z0}-{z1 - 1} are not whole chunks of {chunk_z} slices "
-                f"within 0-{depth - 1}"
-            )
-        for name, block in blocks.items():
-            expected = (z1 - z0, *self.layout.shape[1:])
-            if block.shape != expected or str(block.dtype) != self.layout.arrays[name]:
+        shapes = {block.shape for block in blocks.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise ValueError(f"{self.path}: blocks of different shapes {sorted(shapes)}")
+        shape, start = shapes.pop(), tuple(int(o) for o in offset)
+        box = []
+        for axis, (first, size, chunk, end) in enumerate(
+            zip(start, shape, self.layout.chunks, self.layout.shape, strict=True)
+        ):
+            last = first + size
+            if first % chunk or (last % chunk and last != end) or not 0 <= first < last <= end:
                 raise ValueError(
-                    f"{self.path}/{name}: block {block.shape} {block.dtype}, expected "
-                    f"{expected} {self.layout.arrays[name]}"
+                    f"{self.path}: {'zyx'[axis]} {first}-{last - 1} is not whole chunks of "
+                    f"{chunk} within 0-{end - 1}"
                 )
-            self._arrays[name][z0:z1] = block
+            box.append(slice(first, last))
+        for name, block in blocks.items():
+            if str(block.dtype) != self.layout.arrays[name]:
+                raise ValueError(
+                    f"{self.path}/{name}: block of {block.dtype}, expected "
+                    f"{self.layout.arrays[name]}"
+                )
+            self._arrays[name][tuple(box)] = block
 
     def mark_complete(self) -> None:
         """Record that every block is written (the last write of a run)."""
