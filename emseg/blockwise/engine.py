@@ -13,6 +13,7 @@ Only this module imports daisy, so that a missing install is one error line.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from emseg.blockwise.plan import Block, BlockPlan
+from emseg.blockwise.progress import BlockProgress
 from emseg.errors import ConfigError, EmsegError
 
 __all__ = [
@@ -116,7 +118,8 @@ def run_blocks(
         log_dir: per-worker logs (``worker_<id>.out`` / ``.err``).
         max_retries: attempts after the first before a block counts as failed.
         block_timeout_s: preempt (kill and retry) a block running longer.
-        progress: daisy's live progress bar and its summary at the end.
+        progress: the live progress line (:class:`~emseg.blockwise.progress.BlockProgress`)
+            and daisy's summary at the end.
         skip: one flag per block (plan order, z then y then x): ``True`` = not this run, not
             recorded as done.
         host: the scheduler address the workers connect to (``None``: daisy detects it).
@@ -151,8 +154,9 @@ def run_blocks(
     )
     start = time.perf_counter()
     try:
+        observer = BlockProgress(TASK_ID, math.prod(extent), len(plan)) if progress else False
         states = daisy.run_blockwise(
-            [task], progress=progress, summary=progress, return_states=True, host=host
+            [task], progress=observer, summary=progress, return_states=True, host=host
         )
     except RuntimeError as err:  # abandonment: the worker restart cap was exhausted
         raise BlockwiseError(f"blockwise prediction abandoned: {err}") from err
