@@ -9,6 +9,11 @@ and ``conf/postprocess`` beneath the checkpoint's chosen settings) and scored by
 slices of its training volume) the same way: inference and post-processing settings are chosen
 there, and the test volume is evaluated only for the chosen ones. ``resume=true`` returns an
 existing ``metrics.json`` of the run directory without work (re-launched sweeps).
+
+``prediction=<volume>`` scores an existing prediction instead (no checkpoint, no inference: a
+blockwise ``out.zarr`` store of predict.py, one of its arrays, or any probability volume)
+against ``data.test_mask``, streamed block by block through the same scores
+(:func:`emseg.prediction_scores.score_prediction`).
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ from emseg.data.volumes import (
 )
 from emseg.errors import ConfigError, DataError
 from emseg.hardware import describe_hardware
-from emseg.inference import InferencePipeline, build_pipeline
+from emseg.inference import InferencePipeline, build_pipeline, check_threshold
 from emseg.io import VolumeSink, create_sink, open_volume, read_mask, write_json_atomic
 from emseg.io.encoding import probabilities_as
 from emseg.io.formats import parse_volume
 from emseg.io.source import VolumeSource, ZRange
+from emseg.prediction_scores import score_prediction
 from emseg.run_dir import finished_metrics
 from emseg.volume_scores import METRIC_KEYS, VolumeScores, evaluate_volume
 
@@ -106,8 +112,9 @@ def _test_paths(cfg: DictConfig, ckpt_config: dict[str, Any]) -> tuple[Path, Pat
     return configured
 
 
-def _print_table(metrics: dict[str, float], threshold: float, edge_band: int) -> None:
-    table = Table(title=f"whole-volume metrics at threshold {threshold}")
+def _print_table(metrics: dict[str, float | None], threshold: float | None, edge_band: int) -> None:
+    at = "its own threshold" if threshold is None else f"threshold {threshold}"
+    table = Table(title=f"whole-volume metrics at {at}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     labels = {
@@ -118,7 +125,9 @@ def _print_table(metrics: dict[str, float], threshold: float, edge_band: int) ->
         "fg_iou_at_best_threshold": "fg_iou_at_best_threshold (optimistic)",
     }
     for key in METRIC_KEYS:
-        table.add_row(labels.get(key, key), f"{metrics[key]:.4f}")
+        value = metrics[key]
+        shown = "n/a (a mask: no probabilities)" if value is None else f"{value:.4f}"
+        table.add_row(labels.get(key, key), shown)
     Console().print(table)
 
 
@@ -319,6 +328,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if finished is not None:
         return finished
     split, limit = _check_split(cfg)
+    if cfg.get("prediction") is not None:
+        return _run_prediction(cfg, output_dir, limit, start)
     pipeline = build_pipeline(cfg)
     with contextlib.ExitStack() as stack:
         volumes = _eval_volumes(cfg, pipeline, split, limit, stack)
@@ -357,3 +368,85 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("fg_iou against extra_masks.%s: %.4f", name, extra["metrics"]["fg_iou"])
     log.info("wrote %s (%.1f s)", done, summary["seconds"])
     return metrics
+
+
+def _given(*keys: str) -> list[str]:
+    """The command-line overrides of ``keys`` (or below them); outside Hydra every key of
+    ``keys`` counts as given (the composed config is what the caller chose)."""
+    if not HydraConfig.initialized():
+        return list(keys)
+    names = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return [n for n in names if any(n == k or n.startswith(f"{k}.") for k in keys)]
+
+
+def _check_prediction_mode(cfg: DictConfig, split: str) -> None:
+    """Refuse what does not apply to scoring an existing prediction (one error each)."""
+    if not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path") is not None:
+        raise ConfigError(
+            "prediction= scores an existing prediction without a model; ckpt_path is not "
+            "used: give one of them"
+        )
+    if split != "test":
+        raise ConfigError(f"prediction= scores the test labels (data.test_mask), not split={split}")
+    if cfg.get("save_predictions"):
+        raise ConfigError(
+            "prediction= reads a prediction: save_predictions=true has nothing to write"
+        )
+    if HydraConfig.initialized():
+        ignored = _given("inference", "postprocess", "val_choice", "checkpoint_settings")
+        if ignored:
+            raise ConfigError(
+                f"prediction= scores a finished prediction: {ignored[0]} does not apply (the "
+                "prediction was made with its own settings; a blockwise store records them)"
+            )
+
+
+def _run_prediction(
+    cfg: DictConfig, output_dir: Path, limit: int | None, start: float
+) -> dict[str, float | None]:
+    """``eval.py prediction=<volume>``: score it against ``data.test_mask``, write metrics.json."""
+    split = str(cfg.get("split", "test"))
+    _check_prediction_mode(cfg, split)
+    data = cfg.get("data") or {}
+    labels = str(data.get("test_mask") or "")
+    if not labels:
+        raise ConfigError("prediction= needs its labels: data.test_mask=<labels volume>")
+    convention, unlabelled = str(data.get("labels") or "auto"), data.get("unlabelled")
+    prediction = str(cfg.prediction)
+    log.info("scoring the prediction %s against %s", prediction, labels)
+    scored = score_prediction(
+        prediction,
+        labels,
+        convention=convention,
+        unlabelled=unlabelled,
+        threshold=check_threshold(cfg.get("threshold", 0.5)),
+        threshold_given=bool(_given("threshold")),
+        edge_band=int(cfg.edge_band),
+        limit_slices=limit,
+        allow_incomplete=bool(cfg.get("allow_incomplete", False)),
+        extra_masks={str(k): str(v) for k, v in dict(cfg.get("extra_masks") or {}).items()},
+    )
+    run = scored.prediction.get("run") or {}
+    summary = {
+        "metrics": scored.metrics,
+        "threshold": scored.threshold,
+        "edge_band": int(cfg.edge_band),
+        "split": split,
+        "slices": scored.slices,
+        "counts": scored.counts,
+        "checkpoint": run.get("checkpoint"),
+        "prediction": scored.prediction,
+        "test_image": run.get("input"),
+        "test_mask": labels,
+        "labels": {"convention": convention, "unlabelled": unlabelled},
+        "inference": run.get("inference"),
+        "postprocess": run.get("postprocess"),
+        "extra_masks": scored.extra_masks,
+        "seconds": time.perf_counter() - start,
+        "hardware": describe_hardware(),
+    }
+    done = output_dir / "metrics.json"
+    write_json_atomic(done, summary)
+    _print_table(scored.metrics, scored.threshold, int(cfg.edge_band))
+    log.info("wrote %s (%.1f s)", done, summary["seconds"])
+    return scored.metrics
