@@ -97,7 +97,7 @@ def run_hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
         "max_epochs": int(cfg.trainer.max_epochs),
         "steps_per_epoch": str(cfg.trainer.limit_train_batches),
         "precision": precision,
-        "encoder_weights": str(cfg.model.encoder_weights),
+        "encoder_weights": str(cfg.model.get("encoder_weights")),  # none: not an smp model
         "seed": -1 if cfg.get("seed") is None else int(cfg.seed),
     }
 

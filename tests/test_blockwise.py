@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,10 +29,11 @@ from emseg.blockwise.plan import block_yx_of
 from emseg.blockwise.roi import parse_roi
 from emseg.blockwise.run import predict_blockwise, run_directory
 from emseg.blockwise.slurm import SlurmSettings, srun_command
-from emseg.blockwise.worker import BlockWorker
+from emseg.blockwise.worker import BlockWorker, halve_yx, predict_block
 from emseg.errors import ConfigError, DataError
 from emseg.inference import build_pipeline
 from emseg.io import open_volume
+from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import StoreLayout, create_prediction_store, open_prediction_store
 from emseg.predict import run as run_predict
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volume, run_script
@@ -237,6 +239,41 @@ def test_a_tile_of_the_pipeline_equals_the_same_voxels_of_the_whole_volume(
         ]:
             tile = pipeline.block_probabilities(volume, z0, z1, (ys, xs))
             np.testing.assert_array_equal(tile, whole[z0:z1, slice(*ys), slice(*xs)])
+
+
+def test_tiles_write_every_pyramid_level_as_the_whole_volume_halved(tmp_path):
+    # A stand-in pipeline returns its box of a known float volume; tiles of 16 x 16 (chunks of
+    # 8 x 8: halved twice, 2 x 2) with odd ends must give each level as the whole volume's
+    # 2 x 2 means, and the OME scale / translation of each level.
+    volume = np.random.default_rng(1).random((3, 37, 29)).astype(np.float32)
+
+    class Stub:
+        threshold = 0.5
+
+        def block_probabilities(self, source, z0, z1, region=None):
+            (y0, y1), (x0, x1) = region or ((0, 37), (0, 29))
+            return volume[z0:z1, y0:y1, x0:x1]
+
+    voxel = (40.0, 4.0, 4.0)
+    layout = StoreLayout((3, 37, 29), (1, 8, 8), {"probabilities": "uint8", "mask": "uint8"},
+                         voxel, (0.0, 0.0, 0.0), levels=3)  # fmt: skip
+    store = create_prediction_store(tmp_path / "p.zarr", layout, {})
+    plan = BlockPlan((3, 37, 29), 1, 1, 0, block_yx=(16, 16))
+    for box in plan:
+        predict_block(Stub(), SimpleNamespace(shape=(3, 37, 29)), store, box, "uint8")
+    expected = volume
+    for level in range(3):
+        stored_level = zarr.open_array(str(tmp_path / "p.zarr" / "probabilities" / str(level)))
+        np.testing.assert_array_equal(stored_level[:], probabilities_as(expected, "uint8"))
+        mask = zarr.open_array(str(tmp_path / "p.zarr" / "mask" / str(level)))[:]
+        np.testing.assert_array_equal(mask, (expected > 0.5) * 255)
+        expected = halve_yx(expected)
+    assert stored_level.shape == (3, 10, 8) and stored_level.chunks == (1, 2, 2)
+    ome = zarr.open_group(str(tmp_path / "p.zarr" / "mask")).attrs["ome"]["multiscales"][0]
+    scale, shift = ome["datasets"][2]["coordinateTransformations"]
+    assert scale["scale"] == [40.0, 16.0, 16.0] and shift["translation"] == [0.0, 6.0, 6.0]
+    with pytest.raises(ConfigError, match="pyramid=4: the chunks' y / x sizes"):
+        StoreLayout((3, 37, 29), (1, 8, 8), levels=5)
 
 
 # --- blockwise runs on daisy ------------------------------------------------------------------

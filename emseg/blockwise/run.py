@@ -214,7 +214,9 @@ def predict_blockwise(cfg: DictConfig, skip: Sequence[bool] | None = None) -> di
         extent = tuple(b - a for a, b in roi)
         start = [a for a, _ in roi]
         translation = [a * v for a, v in zip(start, voxel, strict=True)] if voxel else start
-        layout = StoreLayout(extent, settings.chunks, arrays, voxel, tuple(translation))
+        layout = StoreLayout(
+            extent, settings.chunks, arrays, voxel, tuple(translation), settings.pyramid + 1
+        )
         plan = _plan(pipeline, source, settings, layout, roi)
         if settings.dry_run:
             report = dry_run(pipeline, source, plan, int(settings.workers), threads, dtype)

@@ -38,6 +38,9 @@ class BlockwiseSettings:
             else 2048 x 2048 tiles), ``None`` (whole slices), a size or ``[y, x]``; rounded up
             to the chunks (:func:`~emseg.blockwise.plan.block_yx_of`).
         chunks: ``(z, y, x)`` chunk shape of the output arrays.
+        pyramid: downsampled levels written beside level 0 (``probabilities/1``...), each
+            the 2 x 2 mean in y and x of the one before, by the block's own worker (for
+            viewing; the chunks' y / x sizes must be multiples of ``2 ** pyramid``).
         arrays: what the store holds: ``probabilities`` (as ``output_dtype``) and / or
             ``mask`` (uint8 0 / 255 above the threshold).
         max_retries: attempts after the first before a block counts as failed.
@@ -53,6 +56,7 @@ class BlockwiseSettings:
     workers: int = 1
     block_slices: int = 16
     block_yx: Any = "auto"
+    pyramid: int = 0
     chunks: Sequence[int] = DEFAULT_CHUNKS
     arrays: Sequence[str] = field(default_factory=lambda: list(ARRAY_NAMES))
     max_retries: int = 2
@@ -68,6 +72,8 @@ class BlockwiseSettings:
             )
         if not isinstance(self.slurm, SlurmSettings):
             object.__setattr__(self, "slurm", SlurmSettings.from_config(self.slurm))
+        if isinstance(self.pyramid, bool) or not isinstance(self.pyramid, int) or self.pyramid < 0:
+            raise ConfigError(f"blockwise.pyramid must be an integer >= 0, got {self.pyramid!r}")
         for key in ("workers", "block_slices"):
             value = getattr(self, key)
             if isinstance(value, bool) or int(value) != value or int(value) < 1:

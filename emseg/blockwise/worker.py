@@ -41,7 +41,7 @@ from emseg.blockwise.plan import Block
 from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import PredictionStore
 
-__all__ = ["MASK_VALUE", "ORPHAN_CHECK_S", "BlockWorker", "predict_block"]
+__all__ = ["MASK_VALUE", "ORPHAN_CHECK_S", "BlockWorker", "halve_yx", "predict_block"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,31 @@ def predict_block(
     whole = (y0, y1, x0, x1) == (0, height, 0, width)
     region = None if whole else ((y0, y1), (x0, x1))
     probs = pipeline.block_probabilities(source, z0, z1, region)
-    blocks: dict[str, np.ndarray] = {}
-    if "probabilities" in store.layout.arrays:
-        blocks["probabilities"] = probabilities_as(probs, dtype)
-    if "mask" in store.layout.arrays:
-        blocks["mask"] = (probs > pipeline.threshold).astype(np.uint8) * MASK_VALUE
-    store.write_block((z0 - origin[0], y0 - origin[1], x0 - origin[2]), blocks)
+    start = [z0 - origin[0], y0 - origin[1], x0 - origin[2]]
+    for level in range(store.layout.levels):
+        if level:  # each level is the 2 x 2 mean of the previous one, in y and x
+            probs = halve_yx(probs)
+            start = [start[0], start[1] // 2, start[2] // 2]
+        blocks: dict[str, np.ndarray] = {}
+        if "probabilities" in store.layout.arrays:
+            blocks["probabilities"] = probabilities_as(probs, dtype)
+        if "mask" in store.layout.arrays:
+            blocks["mask"] = (probs > pipeline.threshold).astype(np.uint8) * MASK_VALUE
+        store.write_block(start, blocks, level)
+
+
+def halve_yx(volume: np.ndarray) -> np.ndarray:
+    """The mean of every 2 x 2 pixels in y and x of ``(z, y, x)`` float ``volume``; an odd
+    last row / column (the volume's end) is averaged with itself (edge padding).
+
+    Blocks start at even y and x (chunk multiples), so the blocks' halves tile the half of the
+    whole volume exactly (written here: a strided mean; scikit-image's ``downscale_local_mean``
+    pads with zeros).
+    """
+    pad = [(0, 0), (0, volume.shape[1] % 2), (0, volume.shape[2] % 2)]
+    padded = np.pad(volume, pad, mode="edge") if any(p[1] for p in pad) else volume
+    z, y, x = padded.shape
+    return padded.reshape(z, y // 2, 2, x // 2, 2).mean(axis=(2, 4), dtype=np.float32)
 
 
 def _exit_when_orphaned(scheduler_pid: int) -> None:

@@ -11,6 +11,8 @@ Layout (Zarr v3, OME-Zarr 0.5)::
     out.zarr/probabilities/0      uint8 round(255 p) (or float16), (Z, Y, X), chunks e.g.
                                   (1, 256, 256)
     out.zarr/mask/0               uint8 0 / 255 (probability above the threshold)
+    out.zarr/probabilities/1 ...  optional pyramid levels (``blockwise.pyramid``): y, x
+                                  halved per level, written with level 0 by the same block
 
 ``out.zarr/probabilities`` is what :func:`emseg.io.open_volume` (and napari / neuroglancer)
 opens: its level 0, with the voxel size from the multiscales ``scale``.
@@ -72,6 +74,9 @@ class StoreLayout:
         arrays: array name (:data:`ARRAY_NAMES`) -> numpy dtype name (``"uint8"``...).
         voxel_size: ``(z, y, x)`` nm per voxel, or ``None`` (then scale 1, no unit).
         translation: ``(z, y, x)`` of the first voxel in nm (or voxels without voxel size).
+        levels: resolution levels of every array: ``0`` (full) and ``1 .. levels - 1``, each
+            half the previous one in y and x (z kept: blocks and chunks are thin in z), with
+            chunks halved alike so that a block of level 0 is whole chunks at every level.
     """
 
     shape: tuple[int, int, int]
@@ -79,6 +84,7 @@ class StoreLayout:
     arrays: Mapping[str, str] = field(default_factory=lambda: {"probabilities": "uint8"})
     voxel_size: tuple[float, float, float] | None = None
     translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    levels: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -101,6 +107,27 @@ class StoreLayout:
         if self.voxel_size is not None:
             object.__setattr__(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
         object.__setattr__(self, "translation", tuple(float(v) for v in self.translation))
+        levels = self.levels
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise ConfigError(f"blockwise.pyramid must be >= 0 levels, got {levels!r} - 1")
+        factor = 2 ** (levels - 1)
+        if any(c % factor for c in self.chunks[1:]):
+            raise ConfigError(
+                f"blockwise.pyramid={levels - 1}: the chunks' y / x sizes {self.chunks[1:]} "
+                f"must be multiples of {factor} (each level halves them)"
+            )
+
+    def level_shape(self, level: int) -> tuple[int, int, int]:
+        """``(Z, Y, X)`` of resolution ``level`` (y and x halved per level, rounded up)."""
+        factor = 2**level
+        z, y, x = self.shape
+        return z, -(-y // factor), -(-x // factor)
+
+    def level_chunks(self, level: int) -> tuple[int, int, int]:
+        """The chunk shape of ``level`` (y and x halved per level)."""
+        factor = 2**level
+        z, y, x = self.chunks
+        return z, max(1, y // factor), max(1, x // factor)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values (stored in the root attributes)."""
@@ -110,21 +137,35 @@ class StoreLayout:
             "arrays": dict(self.arrays),
             "voxel_size": list(self.voxel_size) if self.voxel_size else None,
             "translation": list(self.translation),
+            "levels": int(self.levels),
         }
 
 
 def ome_multiscales(name: str, layout: StoreLayout) -> dict[str, Any]:
-    """The OME-Zarr 0.5 ``ome`` attributes of one image group: one level ``"0"``, axes z, y, x
-    (unit nanometer when the voxel size is known), scale = voxel size, translation = offset."""
+    """The OME-Zarr 0.5 ``ome`` attributes of one image group: levels ``"0"``, ``"1"``...,
+    axes z, y, x (unit nanometer when the voxel size is known), scale = voxel size (y and x
+    doubled per level), translation = offset (shifted to the centre of each level's first
+    voxel, as a block mean puts it)."""
     unit = {"unit": "nanometer"} if layout.voxel_size else {}
     axes = [{"name": axis, "type": "space", **unit} for axis in "zyx"]
-    scale = list(layout.voxel_size) if layout.voxel_size else [1.0, 1.0, 1.0]
-    transforms = [
-        {"type": "scale", "scale": scale},
-        {"type": "translation", "translation": list(layout.translation)},
-    ]
-    level = {"path": "0", "coordinateTransformations": transforms}
-    return {"version": "0.5", "multiscales": [{"name": name, "axes": axes, "datasets": [level]}]}
+    base = list(layout.voxel_size) if layout.voxel_size else [1.0, 1.0, 1.0]
+    datasets = []
+    for level in range(layout.levels):
+        factors = [1, 2**level, 2**level]
+        scale = [size * f for size, f in zip(base, factors, strict=True)]
+        translation = [
+            t + (f - 1) * size / 2
+            for t, f, size in zip(layout.translation, factors, base, strict=True)
+        ]
+        transforms = [
+            {"type": "scale", "scale": scale},
+            {"type": "translation", "translation": translation},
+        ]
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    multiscale = {"name": name, "axes": axes, "datasets": datasets}
+    if layout.levels > 1:
+        multiscale["type"] = "mean of 2 x 2 in y, x"
+    return {"version": "0.5", "multiscales": [multiscale]}
 
 
 class PredictionStore:
@@ -139,7 +180,11 @@ class PredictionStore:
         self.path = Path(path)
         self.layout = layout
         self._group = group
-        self._arrays = {name: group[f"{name}/0"] for name in layout.arrays}
+        self._arrays = {
+            (name, level): group[f"{name}/{level}"]
+            for name in layout.arrays
+            for level in range(layout.levels)
+        }
 
     @property
     def run(self) -> dict[str, Any]:
@@ -151,14 +196,17 @@ class PredictionStore:
         """Whether every block was written and the store marked complete."""
         return bool(self._group.attrs[ATTRS_KEY].get("complete"))
 
-    def write_block(self, offset: Sequence[int], blocks: Mapping[str, np.ndarray]) -> None:
+    def write_block(
+        self, offset: Sequence[int], blocks: Mapping[str, np.ndarray], level: int = 0
+    ) -> None:
         """Write the box of every array that starts at ``offset`` and has the blocks' shape.
 
         Args:
-            offset: ``(z, y, x)`` of the box's first voxel in the store; multiples of the
-                chunk shape.
+            offset: ``(z, y, x)`` of the box's first voxel in ``level``'s voxels; multiples of
+                its chunk shape.
             blocks: array name -> ``(z, y, x)`` block in that array's dtype; every array of
-                the layout, all of one shape, ending at chunk boundaries or the store's end.
+                the layout, all of one shape, ending at chunk boundaries or the level's end.
+            level: the resolution level (:attr:`StoreLayout.levels`).
 
         Raises:
             ValueError: a block that is not whole chunks, or a missing / wrong array.
@@ -173,7 +221,13 @@ class PredictionStore:
         shape, start = shapes.pop(), tuple(int(o) for o in offset)
         box = []
         for axis, (first, size, chunk, end) in enumerate(
-            zip(start, shape, self.layout.chunks, self.layout.shape, strict=True)
+            zip(
+                start,
+                shape,
+                self.layout.level_chunks(level),
+                self.layout.level_shape(level),
+                strict=True,
+            )
         ):
             last = first + size
             if first % chunk or (last % chunk and last != end) or not 0 <= first < last <= end:
@@ -188,7 +242,7 @@ class PredictionStore:
                     f"{self.path}/{name}: block of {block.dtype}, expected "
                     f"{self.layout.arrays[name]}"
                 )
-            self._arrays[name][tuple(box)] = block
+            self._arrays[name, level][tuple(box)] = block
 
     def mark_complete(self) -> None:
         """Record that every block is written (the last write of a run)."""
@@ -206,6 +260,7 @@ def _layout_of(group: Any, where: Path) -> StoreLayout:
         arrays=layout["arrays"],
         voxel_size=tuple(layout["voxel_size"]) if layout.get("voxel_size") else None,
         translation=tuple(layout["translation"]),
+        levels=int(layout.get("levels", 1)),
     )
 
 
@@ -254,14 +309,15 @@ def create_prediction_store(
     for name, dtype in layout.arrays.items():
         image = root.create_group(name)
         image.attrs["ome"] = ome_multiscales(name, layout)
-        image.create_array(
-            "0",
-            shape=layout.shape,
-            chunks=layout.chunks,
-            dtype=dtype,
-            fill_value=0,
-            dimension_names=("z", "y", "x"),
-        )
+        for level in range(layout.levels):
+            image.create_array(
+                str(level),
+                shape=layout.level_shape(level),
+                chunks=layout.level_chunks(level),
+                dtype=dtype,
+                fill_value=0,
+                dimension_names=("z", "y", "x"),
+            )
     return PredictionStore(path, root, layout)
 
 
