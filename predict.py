@@ -3,12 +3,15 @@
 See conf/predict.yaml for the options.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import emseg  # noqa: F401  (registers the config resolvers)
 from emseg.cli import launch, run_or_exit
 from emseg.predict import run
+from emseg.zoo.paths import model_argument
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -18,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = model_argument(sys.argv)  # model=<bioimage.io package> -> ckpt_path
     launch(main)

@@ -57,7 +57,8 @@ def output_paths(output: str | Path, fmt: str) -> tuple[Path, Path]:
         ConfigError: ``fmt`` is not in :data:`FORMATS`.
     """
     if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        choices = ", ".join([*FORMATS, "bioimageio"])
+        raise ConfigError(f"format must be one of {choices}; got {fmt!r}")
     stem = Path(str(output))
     if stem.suffix in (FORMATS[fmt], ".json"):
         stem = stem.with_suffix("")
@@ -295,6 +296,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         CheckpointError: the checkpoint cannot be loaded.
     """
     fmt = str(cfg.format)
+    if fmt == "bioimageio":  # one bioimage.io package (emseg/zoo/export.py)
+        from emseg.zoo.export import export_bioimageio
+
+        return export_bioimageio(cfg)
     model_path, card_path = output_paths(cfg.output, fmt)
     for path, key in ((model_path, "output"), (card_path, "output (model card)")):
         check_output_path(path, key, bool(cfg.overwrite))

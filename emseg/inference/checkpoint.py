@@ -25,7 +25,7 @@ from emseg.data.normalization import Preprocessing, check_percentiles
 from emseg.errors import ConfigError
 from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
 
-__all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +167,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         mode.format(*(pre.percentiles or ())),
     )
     return Checkpoint(net=net, preprocessing=pre, config=dict(config), path=path)
+
+
+def load_model(path: str | Path) -> Checkpoint:
+    """What eval.py / predict.py run: an emseg checkpoint (:func:`load_checkpoint`) or a
+    bioimage.io package (``.zip`` / ``rdf.yaml``: :func:`emseg.zoo.load.load_package`, the
+    package's network and declared processing in the same shape)."""
+    from emseg.zoo.paths import is_package
+
+    if is_package(path):
+        from emseg.zoo.load import load_package
+
+        return load_package(path)
+    return load_checkpoint(path)

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from emseg.errors import ConfigError
 from emseg.hardware import set_torch_threads
-from emseg.inference.checkpoint import Checkpoint, load_checkpoint
+from emseg.inference.checkpoint import Checkpoint, load_model
 from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
 from emseg.inference.volume_predictor import Region, SliceSource, VolumePredictor
 from emseg.inference.window import WindowSettings
@@ -237,7 +237,7 @@ def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> Inf
     set_torch_threads(cfg.get("torch_threads"))
     check_threshold(cfg.get("threshold", 0.5))
     _settings(cfg)  # validate what the command line gave before any slow work
-    checkpoint = checkpoint or load_checkpoint(cfg.ckpt_path)
+    checkpoint = checkpoint or load_model(cfg.ckpt_path)  # or a bioimage.io package
     applied = apply_checkpoint_settings(cfg, checkpoint.config, command_line_overrides())
     threshold = check_threshold(cfg.get("threshold", 0.5))  # the checkpoint's, if it has one
     window, post = _settings(cfg)
