@@ -16,7 +16,7 @@ commas = $(subst $(space),$(comma),$(strip $(1)))
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
 	reproduce-report report bench quality quality-snapshots quality-val quality-ablations \
-	quality-report
+	quality-report gpu-stage gpu-check gpu-eval
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -60,6 +60,12 @@ QUALITY_VAL_CHOICES ?= border32 border0 border64 median3 tta_flips border0_media
 	border0_median7_flips
 # snapshot-*.ckpt of the quality run, by name (read when quality-snapshots runs).
 SNAPSHOTS = $(basename $(notdir $(wildcard $(QUALITY_RUN)/checkpoints/snapshot-*.ckpt)))
+
+# GPU check (benchmarks/gpu_check, issue 22): what travels to the GPU machine, and where its
+# returned files (report.json, gpu_weights.*, gpu_run.tar.gz) are evaluated on the CPU.
+GPU_STAGE ?= outputs/gpu_stage
+GPU_RESULTS ?= outputs/gpu_check
+GPU_EVAL ?= outputs/gpu_eval
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -137,6 +143,21 @@ predict: $(STAMP) ## segment any TIFF: make predict CKPT=<ckpt> INPUT=<in.tif> O
 
 bench: $(STAMP) ## training/inference speed vs plain PyTorch (~15 min) -> experiments/bench/; CKPT= for the inference sections; ARGS=--quick
 	$(PY) -m benchmarks.bench $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+
+gpu-stage: data ## build $(GPU_STAGE): wheels + the last EPFL training slices (xz) that fit the GPU machine's 64 MiB
+	$(PY) -m benchmarks.gpu_check.stage --data-dir data --out $(GPU_STAGE) $(ARGS)
+
+# ARGS=--dry-run: tiny sizes on the CPU, a synthetic volume staged like the EPFL subset, results
+# in outputs/gpu_check_dry.
+gpu-check: $(STAMP) ## the GPU check on this machine's CUDA GPU (< 8 min; ARGS=--dry-run: tiny, CPU)
+	$(PY) -m benchmarks.gpu_check \
+		$(if $(filter --dry-run,$(ARGS)),,--data-dir data --out $(GPU_RESULTS)) $(ARGS)
+
+gpu-eval: data ## the GPU-trained weights in $(GPU_RESULTS): reassemble, choose settings on validation, evaluate the EPFL test volume on the CPU
+	$(PY) -m benchmarks.gpu_check.weights $(GPU_RESULTS) --out $(GPU_EVAL)/gpu.ckpt \
+		--data-dir data --choose-settings
+	$(PY) eval.py ckpt_path=$(GPU_EVAL)/gpu.ckpt data=epfl $(LUCCHIPP_TOO) \
+		hydra.run.dir=$(GPU_EVAL)/eval $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all

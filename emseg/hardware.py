@@ -36,18 +36,36 @@ def cpu_has_native_bf16() -> bool:
     return True  # not Linux: trust oneDNN's own answer
 
 
+# bf16 tensor cores: compute capability 8.0 (Ampere) and later. torch.cuda.is_bf16_supported()
+# alone is no test: by default it also answers True where bf16 is only emulated (Volta, Turing),
+# where bf16 autocast runs several times slower than fp16.
+_CUDA_BF16_CAPABILITY = (8, 0)
+
+
 def _will_use_cuda(accelerator: str) -> bool:
     return accelerator in {"gpu", "cuda"} or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def cuda_has_native_bf16() -> bool:
+    """True when the current CUDA device has bf16 tensor cores (compute capability >= 8.0).
+
+    False without a visible CUDA device.
+    """
+    if not torch.cuda.is_available():
+        return False
+    major, minor = torch.cuda.get_device_capability()
+    return (major, minor) >= _CUDA_BF16_CAPABILITY and torch.cuda.is_bf16_supported()
 
 
 def auto_precision(accelerator: str = "auto") -> str:
     """Lightning precision string for ``accelerator`` on this machine.
 
-    Returns ``"bf16-mixed"`` on GPUs with bf16 and on CPUs with native bf16, ``"16-mixed"`` on
-    older GPUs, and ``"32-true"`` otherwise.
+    Returns ``"bf16-mixed"`` on GPUs with bf16 tensor cores (:func:`cuda_has_native_bf16`) and
+    on CPUs with native bf16, ``"16-mixed"`` on older GPUs (and when ``accelerator`` names a GPU
+    that this process cannot see), and ``"32-true"`` otherwise.
     """
     if _will_use_cuda(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if cuda_has_native_bf16() else "16-mixed"
     if accelerator in {"cpu", "auto"}:
         return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     return "32-true"
@@ -58,6 +76,12 @@ def auto_channels_last(precision: str, accelerator: str = "auto") -> bool:
     if _will_use_cuda(accelerator):
         return True
     return str(precision).startswith("bf16") and cpu_has_native_bf16()
+
+
+def auto_pin_memory(accelerator: str = "auto") -> bool:
+    """Whether loaders should pin host memory: when training runs on a CUDA device (pinned
+    batches are copied to it asynchronously), never on the CPU (pinning only costs there)."""
+    return _will_use_cuda(accelerator) and torch.cuda.is_available()
 
 
 def set_torch_threads(threads: int | None, key: str = "torch_threads") -> None:

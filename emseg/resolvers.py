@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from emseg.hardware import auto_channels_last, auto_precision
+from emseg.hardware import auto_channels_last, auto_pin_memory, auto_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,12 @@ def _precision(value: str = "auto", accelerator: str = "auto") -> str:
 def _channels_last(value: str | bool = "auto", precision: str = "32-true", accelerator="auto"):
     if str(value) == "auto":
         return auto_channels_last(precision, accelerator)
+    return bool(value)
+
+
+def _pin_memory(value: str | bool = "auto", accelerator: str = "auto") -> bool:
+    if str(value) == "auto":
+        return auto_pin_memory(accelerator)
     return bool(value)
 
 
@@ -39,4 +45,5 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("emseg_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("emseg_precision", _precision, replace=True)
     OmegaConf.register_new_resolver("emseg_channels_last", _channels_last, replace=True)
+    OmegaConf.register_new_resolver("emseg_pin_memory", _pin_memory, replace=True)
     OmegaConf.register_new_resolver("emseg_run_dirname", _run_dirname, replace=True)

@@ -10,6 +10,11 @@ in machine speed cannot masquerade as framework overhead.
 Also here: FLOPs of one step (``FlopCounterMode``), the precision / memory-layout grid on the
 plain loop, a ``torch.profiler`` table of the top ops, and the Trainer fed by the real
 DataModule loader (workers included) to show whether data loading slows the steps.
+
+On a CUDA device (``device="cuda"``, what ``benchmarks/gpu_check`` measures) the plain loop copies
+each batch from pinned host memory as a training loop does, and both loops wait for the GPU once
+per step (``torch.cuda.synchronize``), so that a step's time is the GPU's, not the time to queue
+its kernels; the forward / backward / optimizer phases are then not timed separately.
 """
 
 from __future__ import annotations
@@ -59,17 +64,28 @@ PRECISION_GRID: tuple[tuple[str, bool], ...] = (
 )
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the queued kernels of a CUDA ``device`` (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer(L.Callback):
-    """Wall-clock time of every training iteration, start to next start (the last: to its end)."""
+    """Wall-clock time of every training iteration, start to next start (the last: to its end).
+
+    On a CUDA module every mark first waits for the GPU (see the module docstring).
+    """
 
     def __init__(self) -> None:
         self.starts: list[float] = []
         self.end = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _sync(pl_module.device)
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(pl_module.device)
         self.end = time.perf_counter()
 
     def seconds(self) -> list[float]:
@@ -88,11 +104,11 @@ def draw_batches(cfg: DictConfig, count: int) -> list[Batch]:
     return batches
 
 
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
+def _autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager:
     if precision.startswith("bf16"):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     if precision.startswith("16"):
-        return torch.autocast("cpu", dtype=torch.float16)
+        return torch.autocast(device_type, dtype=torch.float16)
     return contextlib.nullcontext()
 
 
@@ -111,16 +127,21 @@ def _with_implementation(optimizer: torch.optim.Optimizer, **options: Any) -> to
 
 
 def _plain_parts(
-    cfg: DictConfig, channels_last: bool, optimizer_kwargs: dict[str, Any] | None = None
+    cfg: DictConfig,
+    channels_last: bool,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer]:
     """Network, loss and optimizer of the LightningModule :func:`emseg.train.build` makes from
-    ``cfg`` (the optimizer from its ``configure_optimizers``), in the given memory layout.
+    ``cfg`` (the optimizer from its ``configure_optimizers``), in the given memory layout, on
+    ``device``.
 
     Args:
         optimizer_kwargs: other optimizer options, e.g. ``fused=True``, for comparison.
     """
     L.seed_everything(int(cfg.seed), verbose=False)
     _, module, _ = build(cfg)
+    module.to(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = module.net.to(memory_format=layout)
     configured = module.configure_optimizers()
@@ -140,28 +161,41 @@ def plain_steps(
     with_metrics: bool = False,
     parts: tuple | None = None,
     optimizer_kwargs: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """The hand-written loop: forward (autocast), loss, zero_grad, backward, step.
 
     Args:
         with_metrics: also do the per-step work of emseg's ``training_step`` beyond the loss
             (sigmoid + torchmetrics update), to tell emseg's cost from Lightning's.
-        parts: ``(net, loss, optimizer)`` to continue training (default: fresh ones).
+        parts: ``(net, loss, optimizer)`` to continue training (default: fresh ones), on
+            ``device``.
         optimizer_kwargs: extra optimizer arguments (``foreach``/``fused`` implementations).
+        device: where to train; each host batch is copied there every step (from pinned
+            memory on CUDA, as a DataLoader with ``pin_memory`` delivers it).
 
     Returns:
-        ``{"step_s": summary, "phases_s": {forward, backward, optimizer}: medians}``.
+        ``{"step_s": summary, "phases_s": {forward, backward, optimizer}: medians}`` (phases
+        ``NaN`` on CUDA: they are not timed separately there).
     """
-    net, loss_fn, optimizer = parts or _plain_parts(cfg, channels_last, optimizer_kwargs)
+    device = torch.device(device)
+    net, loss_fn, optimizer = parts or _plain_parts(cfg, channels_last, optimizer_kwargs, device)
     metrics = segmentation_metrics().clone(prefix="train/") if with_metrics else None
+    if metrics is not None:
+        metrics = metrics.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    cuda = device.type == "cuda"
+    if cuda:
+        batches = [(image.pin_memory(), target.pin_memory()) for image, target in batches]
     times: list[float] = []
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    _sync(device)
     last = time.perf_counter()
     for index, (image, target) in enumerate(islice(cycle(batches), warmup + steps)):
-        image = image.contiguous(memory_format=memory_format)
+        image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
         t0 = time.perf_counter()
-        with _autocast(precision):
+        with _autocast(precision, device.type):
             logits = net(image).float()
             loss = loss_fn(logits, target)
         if metrics is not None:
@@ -173,12 +207,14 @@ def plain_steps(
         loss.backward()
         t2 = time.perf_counter()
         optimizer.step()
+        _sync(device)
         t3 = time.perf_counter()
         if index >= warmup:
             times.append(t3 - last)
-            phases["forward"].append(t1 - t0)
-            phases["backward"].append(t2 - t1)
-            phases["optimizer"].append(t3 - t2)
+            if not cuda:
+                phases["forward"].append(t1 - t0)
+                phases["backward"].append(t2 - t1)
+                phases["optimizer"].append(t3 - t2)
         last = t3
     return {
         "times": times,
@@ -226,7 +262,8 @@ def lightning_steps(
         if batches is None:
             trainer.fit(module, datamodule=datamodule)
         else:
-            loader = DataLoader(_InMemory(batches, warmup + steps), batch_size=None)
+            pin = trainer.strategy.root_device.type == "cuda"
+            loader = DataLoader(_InMemory(batches, warmup + steps), batch_size=None, pin_memory=pin)
             trainer.fit(module, train_dataloaders=loader)
     seconds = timer.seconds()
     return {
@@ -238,14 +275,16 @@ def lightning_steps(
     }
 
 
-def step_flops(cfg: DictConfig, batch: Batch) -> dict[str, float]:
+def step_flops(
+    cfg: DictConfig, batch: Batch, device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """FLOPs of one training step (forward + backward; the optimizer's are negligible).
 
     Counted in float32 with ``torch.utils.flop_counter.FlopCounterMode`` (the count does not
-    depend on the dtype).
+    depend on the dtype, and is proportional to the batch: count on a small one).
     """
-    net, loss_fn, _ = _plain_parts(cfg, channels_last=False)
-    image, target = batch
+    net, loss_fn, _ = _plain_parts(cfg, channels_last=False, device=device)
+    image, target = (tensor.to(device) for tensor in batch)
     with FlopCounterMode(display=False) as counter:
         loss_fn(net(image), target).backward()
     total = counter.get_total_flops()
@@ -277,18 +316,24 @@ def profile_steps(
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a large matrix product in fp32 and bf16: what this CPU can reach on dense
-    maths, a ceiling to read the network's GFLOP/s against."""
+def matmul_peak(
+    size: int = 2048, repeats: int = 5, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """GFLOP/s of a large matrix product in fp32 and bf16: what this CPU (or GPU) can reach on
+    dense maths, a ceiling to read the network's GFLOP/s against (fp32 as the process's
+    ``float32_matmul_precision`` allows: TF32 on CUDA under "high")."""
+    device = torch.device(device)
     result = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
         torch.mm(a, b)
         times = []
         for _ in range(repeats):
+            _sync(device)
             t0 = time.perf_counter()
             torch.mm(a, b)
+            _sync(device)
             times.append(time.perf_counter() - t0)
         result[f"matmul_{name}_gflops"] = 2 * size**3 / min(times) / 1e9
     return result
