@@ -308,3 +308,44 @@ def test_predict_refuses_packages_it_cannot_run(tiny_package, synthetic_data_dir
         [f"model={tmp_path / 'missing.zip'}", f"input={image}", "output=x.tif"], tmp_path, capsys
     )
     _one_error_line(code, err, "does not exist")
+
+
+@pytest.mark.slow
+def test_percentile_package_through_blockwise(tiny_cfg, synthetic_data_dir, tmp_path, capsys):
+    """data.percentiles -> scale_range + clip (bioimageio.core passes it, with the percentiles of
+    its test crop); emseg measures them on the volume, predicts as the checkpoint does, also
+    blockwise (the workers get the package as ckpt_path)."""
+    from emseg.train import run as run_train
+
+    cfg = tiny_cfg("data.percentiles=[1,99.8]", "data.context=1", "logger=none")
+    with open_dict(cfg):
+        cfg.test_after_fit = False
+    run_train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    (tmp_path / "zoo").mkdir()
+    overrides = [f"ckpt_path={ckpt}", *TINY_ZOO, "bioimageio.converted_weights=[torchscript]"]
+    result = run_export(export_cfg(overrides, tmp_path / "zoo"))
+    assert result["status"] == "passed"
+    steps = [s["id"] for s in _rdf(Path(result["package"]))["inputs"][0]["preprocessing"]]
+    assert steps[1:3] == ["scale_range", "clip"]
+    image = synthetic_data_dir / "epfl" / "testing.tif"
+    common = [f"input={image}", "inference.precision=32-true", "torch_threads=1"]
+    runs = {
+        "ckpt.tif": f"ckpt_path={ckpt}",
+        "package.tif": f"model={result['package']}",
+        "package.zarr": f"model={result['package']}",
+    }
+    for name, model in runs.items():
+        extra = ["blockwise.block_slices=4", "blockwise.chunks=[1,96,96]"] if "zarr" in name else []
+        code, err = _predict(
+            [model, *common, *extra, f"output={tmp_path / name}"], tmp_path, capsys
+        )
+        assert code == 0, err
+    import zarr
+
+    ckpt_probs = tifffile.imread(tmp_path / "ckpt.tif").astype(int)
+    package_probs = tifffile.imread(tmp_path / "package.tif").astype(int)
+    store = np.asarray(zarr.open(str(tmp_path / "package.zarr" / "probabilities" / "0"), mode="r"))
+    assert np.abs(package_probs - ckpt_probs).max() <= 1
+    assert (package_probs != ckpt_probs).mean() < 1e-3
+    assert np.array_equal(store.astype(int), package_probs)

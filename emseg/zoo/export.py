@@ -317,7 +317,14 @@ def _documentation(
     )
     citations = "\n".join(f"- {c['text']} ({_cite_ref(c)})" for c in CITATIONS)
     made_with = f"[emseg]({zoo['git_repo']})" if zoo.get("git_repo") else "emseg"
-    loss = str((config.get("loss") or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    loss_cfg = config.get("loss") or {}
+    loss = str(loss_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    if isinstance(loss_cfg.get("losses"), Mapping):  # a weighted sum: name its terms
+        loss = " + ".join(str(name) for name in loss_cfg["losses"])
+    names_of = {k: Path(str(data.get(k))).name for k in ("train_image", "train_mask", "test_image")}
+    tags = ", ".join(str(t) for t in config.get("tags") or []) or "none"
+    init = model.get("encoder_weights") or "random"
+    optimizer = str(optim.get("_target_", "")).rsplit(".", 1)[-1]
     scheduler = str((config.get("scheduler") or {}).get("_target_", "none")).rsplit(".", 1)[-1]
     percentile_note = (
         "\n- **Per-volume percentiles.** The model was trained with every volume mapped by its "
@@ -360,13 +367,14 @@ is not part of the package: it needs whole volumes (`predict.py model=<this pack
 
 ## Training
 
-- data: `{data.get("train_image")}` / `{data.get("train_mask")}`, the last
-  {data.get("val_slices")} slices held out for validation; test volume `{data.get("test_image")}`;
+- data: `{names_of["train_image"]}` / `{names_of["train_mask"]}`, the last
+  {data.get("val_slices")} slices held out for validation; test volume
+  `{names_of["test_image"]}`;
   {statistics};
 - network: smp `Unet`, encoder `{model.get("encoder_name")}`, decoder channels
   {model.get("decoder_channels")}, {2 * context + 1} input channel(s), 1 logit; encoder
-  initialisation `{model.get("encoder_weights")}`;
-- recipe: loss `{loss}`, optimizer `{str(optim.get("_target_", "")).rsplit(".", 1)[-1]}` lr
+  initialisation: {init};
+- recipe (experiment tags: {tags}): loss `{loss}`, optimizer `{optimizer}` lr
   {optim.get("lr")}, scheduler `{scheduler}`, {trainer.get("max_epochs")} epochs x
   {trainer.get("limit_train_batches")} steps of {data.get("batch_size")} patches of
   {data.get("patch_size")}² px, foreground fraction {data.get("fg_fraction")}, seed
@@ -374,9 +382,7 @@ is not part of the package: it needs whole volumes (`predict.py model=<this pack
 
 ## Validation
 
-Metrics of record on the held-out test volume:
-
-
+Metrics of record on the held-out test volume.
 {_metrics_section(zoo.get("metrics"))}
 ## Test tensors
 
@@ -386,9 +392,10 @@ weight format before the package was kept.
 
 ## Limitations
 
-- Trained on one volume of one tissue (mouse CA1 hippocampus, FIB-SEM, EPFL), at
-  {voxel[1]:g} nm per pixel in y / x and {voxel[0]:g} nm sections: other voxel sizes must be
-  resampled to it; other tissues, stainings and microscopes were not tested.
+- Trained on the volume named above only (for `training.tif` of EPFL: mouse CA1
+  hippocampus, FIB-SEM), at {voxel[1]:g} nm per pixel in y / x and {voxel[0]:g} nm sections:
+  other voxel sizes must be resampled to it; other tissues, stainings and microscopes were not
+  tested.
 - Intensities are expected as EM contrast like the training volume's (dark membranes); the
   normalisation is {normalisation}.
 - Semantic segmentation only (no instances: separate touching mitochondria yourself).

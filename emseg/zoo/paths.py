@@ -26,8 +26,8 @@ def model_argument(argv: Sequence[str]) -> list[str]:
 
     ``model`` is a config group of train.py (conf/model), so Hydra would refuse the key on
     the inference scripts' command lines; the package travels as ``ckpt_path`` from here on
-    (blockwise workers receive it the same way), and :func:`emseg.inference.load_model`
-    reads it as a package.
+    (blockwise workers receive it the same way), and the pipeline
+    reads it as a package (:func:`emseg.inference.checkpoint.load_model`).
 
     Exits with code 2 and one line for ``model=`` together with ``ckpt_path=``, or a
     ``model=`` that does not name a package.
