@@ -102,7 +102,10 @@ def test_export_cli_refuses_to_overwrite(tiny_checkpoint, tmp_path, capsys):
     ("args", "message"),
     [
         (["ckpt_path=missing.ckpt"], "error: ckpt_path: missing.ckpt: file not found"),
-        (["format=tflite"], "error: format must be one of torchscript, onnx; got 'tflite'"),
+        (
+            ["format=tflite"],
+            "error: format must be one of torchscript, onnx, bioimageio; got 'tflite'",
+        ),
         (["inference.tile_size=500"], "error: inference.tile_size=500 is not a multiple of 32"),
         ([f"output={Path('/nonexistent/dir/m')}"], "error: output: directory /nonexistent/dir"),
     ],
