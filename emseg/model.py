@@ -405,6 +405,22 @@ def prepare_fine_tuning(
     return source
 
 
+def build_conv(in_channels: int = 1, kernel_size: int = 3, classes: int = 1) -> nn.Module:
+    """One convolution: a per-pixel linear classifier of each pixel's neighbourhood.
+
+    The smallest network emseg can train and load (``model=conv``): a floor for throughput
+    benchmarks of the blockwise engine and the I/O (experiments/large_volumes) and a smoke
+    test of a pipeline, not a segmentation model. ``forward`` maps ``(N, in_channels, H, W)``
+    to ``(N, classes, H, W)`` logits for any H and W (no stride).
+    """
+    if in_channels < 1 or classes < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+        raise WeightsError(
+            f"in_channels, classes >= 1 and an odd kernel_size, got {in_channels}, {classes}, "
+            f"{kernel_size}"
+        )
+    return nn.Conv2d(in_channels, classes, kernel_size, padding=kernel_size // 2)
+
+
 def build_net(cfg: DictConfig, in_channels: int, source: Checkpoint | None = None) -> nn.Module:
     """The run's network: ``cfg.model`` instantiated, with ``source``'s weights when fine-tuning.
 

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from emseg.inference.sliding_window import model_stride
 from emseg.module import MONITOR, SegmentationModule
 from emseg.resolvers import PROJECT_ROOT
 
@@ -149,11 +150,13 @@ def test_callbacks_and_logger_instantiate(tiny_cfg):
 @pytest.mark.parametrize("name", options("model"))
 def test_model_configs_build_2d_and_2_5d_unets(tiny_cfg, name):
     """Every model builds offline (random init) for one input channel and for 2.5D input
-    (data.context=1: three channels), with the output stride 32 the windows are sized by."""
-    node = tiny_cfg(f"model={name}", "model.encoder_weights=null").model
+    (data.context=1: three channels), the U-Nets with the output stride 32 the windows are
+    sized by (model=conv, one convolution, takes any size)."""
+    weights = [] if name == "conv" else ["model.encoder_weights=null"]
+    node = tiny_cfg(f"model={name}", *weights).model
     for channels in (1, 3):
         net = instantiate(node, in_channels=channels).eval()
-        assert net.encoder.output_stride == 32
+        assert model_stride(net) == (1 if name == "conv" else 32)
         with torch.no_grad():
             out = net(torch.zeros(1, channels, 64, 96))
         assert out.shape == (1, 1, 64, 96)

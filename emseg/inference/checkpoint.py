@@ -82,7 +82,9 @@ def _preprocessing(config: Mapping[str, Any], path: Path) -> Preprocessing:
 
 def _instantiate(model_cfg: dict[str, Any], in_channels: int, path: Path) -> nn.Module:
     try:
-        return instantiate(model_cfg, encoder_weights=None, in_channels=in_channels)
+        # The checkpoint holds every weight: an smp encoder is built without its download.
+        blank = {"encoder_weights": None} if "encoder_weights" in model_cfg else {}
+        return instantiate(model_cfg, in_channels=in_channels, **blank)
     except Exception as err:
         detail = " ".join(str(err).split())[:300]
         raise CheckpointError(

@@ -33,7 +33,12 @@ from emseg.errors import ConfigError
 from emseg.hardware import set_torch_threads
 from emseg.inference.checkpoint import Checkpoint, load_model
 from emseg.inference.settings import apply_checkpoint_settings, command_line_overrides
-from emseg.inference.volume_predictor import Region, SliceSource, VolumePredictor
+from emseg.inference.volume_predictor import (
+    PrefetchedBox,
+    Region,
+    SliceSource,
+    VolumePredictor,
+)
 from emseg.inference.window import WindowSettings
 from emseg.postprocess import PostprocessSettings, median_filter_slices
 
@@ -131,10 +136,11 @@ class InferencePipeline:
 
         The network predicts the block grown by the median's radius on every axis (clipped to
         the volume), each slice with its 2.5D context from the volume and a region with the
-        whole slice's windows (:mod:`emseg.inference.slice_region`); the median runs over
-        those and only the block's own voxels are kept: its outer voxels see their true
-        neighbours, or the volume's ends extended exactly as the whole-volume filter extends
-        them.
+        whole slice's windows (:mod:`emseg.inference.slice_region`), all from one read of the
+        input box this needs (:class:`~emseg.inference.volume_predictor.PrefetchedBox`); the
+        median runs over those and only the block's own voxels are kept: its outer voxels see
+        their true neighbours, or the volume's ends extended exactly as the whole-volume filter
+        extends them.
         """
         depth = len(slices)
         if not 0 <= start < stop <= depth:
@@ -153,7 +159,8 @@ class InferencePipeline:
             gx0, gx1 = max(0, x0 - rx), min(width, x1 + rx)
             grown = ((gy0, gy1), (gx0, gx1))
             keep = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
-        probs = self.predictor.predict(slices, first, last, grown)
+        box = self.predictor.input_box(slices, first, last, grown)
+        probs = self.predictor.predict(PrefetchedBox(slices, box), first, last, grown)
         filtered = median_filter_slices(probs, footprint, torch.get_num_threads())
         kept = itertools.islice(filtered, start - first, stop - first)
         return np.stack([p[keep] for p in kept]).astype(np.float32, copy=False)

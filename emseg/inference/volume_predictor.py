@@ -34,6 +34,7 @@ from emseg.io.source import VolumeSource, ZRange
 __all__ = [
     "PRECISIONS",
     "Region",
+    "PrefetchedBox",
     "SliceSource",
     "read_region",
     "VolumePredictor",
@@ -188,6 +189,20 @@ class VolumePredictor:
             image = torch.from_numpy(stack).to(self.device)
             yield predict(image).cpu().numpy()
 
+    def input_box(
+        self, slices: SliceSource, start: int, stop: int, region: Region | None = None
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The ``(z, y, x)`` ranges of input that :meth:`predict` reads for these arguments:
+        the slices with their 2.5D context, and the rows / columns under the windows of
+        ``region`` (all of them without a region)."""
+        depth, height, width = _shape_of(slices)
+        context = self.preprocessing.context
+        zs = (max(0, int(start) - context), min(depth, int(stop) + context))
+        if region is None:
+            return zs, (0, height), (0, width)
+        axes = region_axes(plan_slice(height, width, self.window, self.stride), *region)
+        return zs, axes[0].read, axes[1].read
+
     def _slice_reader(
         self, slices: SliceSource, region: Region | None
     ) -> tuple[Callable[[int], np.ndarray], Callable[[torch.Tensor], torch.Tensor]]:
@@ -230,6 +245,47 @@ def _shape_of(slices: SliceSource) -> tuple[int, int, int]:
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
+class PrefetchedBox:
+    """A source with one box of it read ahead into memory: a block's whole input in one read.
+
+    Slice-wise reads of a store chunked deeper than one slice (16 x 512 x 512, 64^3...) would
+    decompress every chunk once per slice (and per 2.5D neighbour); a block instead reads its
+    input box once (:meth:`~emseg.inference.InferencePipeline.block_probabilities`). Reads
+    inside the box are served from memory, anything else from ``source``; ``source``,
+    ``shape``, ``path`` and ``voxel_size`` are the source's (percentiles and footprints are
+    measured on the whole volume, as without the box).
+
+    Args:
+        source: the ``(Z, Y, X)`` volume.
+        box: ``((z0, z1), (y0, y1), (x0, x1))`` to hold.
+    """
+
+    def __init__(self, source: SliceSource, box: tuple[tuple[int, int], ...]) -> None:
+        self.source = source
+        self.shape = _shape_of(source)
+        self.path = getattr(source, "path", None)
+        self.voxel_size = getattr(source, "voxel_size", None)
+        self.box = tuple((int(a), int(b)) for a, b in box)
+        (z0, z1), ys, xs = self.box
+        if isinstance(source, VolumeSource):
+            self.data = np.asarray(source.read(slice(z0, z1), slice(*ys), slice(*xs)))
+        else:
+            self.data = np.stack([read_region(source, z, ys, xs) for z in range(z0, z1)])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return self.read_region(int(z), (0, self.shape[1]), (0, self.shape[2]))
+
+    def read_region(self, z: int, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
+        """Rows ``ys`` and columns ``xs`` of slice ``z``, from memory when inside the box."""
+        (z0, z1), (y0, y1), (x0, x1) = self.box
+        if z0 <= z < z1 and y0 <= ys[0] and ys[1] <= y1 and x0 <= xs[0] and xs[1] <= x1:
+            return self.data[z - z0, ys[0] - y0 : ys[1] - y0, xs[0] - x0 : xs[1] - x0]
+        return read_region(self.source, z, ys, xs)
+
+
 def read_region(
     slices: SliceSource, z: int, ys: tuple[int, int], xs: tuple[int, int]
 ) -> np.ndarray:
@@ -239,6 +295,8 @@ def read_region(
     file (the chunks of a Zarr / HDF5 / N5 array it touches); anything else is indexed.
     """
     y, x = slice(*ys), slice(*xs)
+    if isinstance(slices, PrefetchedBox):
+        return slices.read_region(int(z), ys, xs)
     if isinstance(slices, ZRange):
         return np.asarray(slices.source.read(slices.start + int(z), y, x))
     if isinstance(slices, VolumeSource):

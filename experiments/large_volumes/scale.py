@@ -4,8 +4,8 @@ Run from the repository root::
 
     .venv/bin/python -m experiments.large_volumes.scale --out /data/lv_scale --gb 1 20
 
-1. trains a one-layer checkpoint (a single 3 x 3 convolution, 2.5D context 1, two steps on
-   the EPFL training volume) unless --ckpt is given. It measures the engine, the I/O and the
+1. trains a one-layer checkpoint (``model=conv``: a single 3 x 3 convolution, 2.5D context 1,
+   two steps on the EPFL training volume) unless --ckpt is given. It measures the engine, the I/O and the
    memory, not a network: on these 2 CPU cores the tiny U-Net predicts ~1 M voxels/s, 20 GB
    would take 6 hours (the networks' own cost per voxel is in README.md);
 2. writes a synthetic uint8 Zarr volume of (Z, 2560, 3072) for each size in --gb (GB = 1e9
@@ -35,17 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
 SHAPE_YX = (2560, 3072)
 CHUNKS = (16, 512, 512)
-CONV = [
-    "model._target_=torch.nn.Conv2d",
-    "~model.encoder_name",
-    "~model.encoder_weights",
-    "~model.classes",
-    "~model.decoder_use_norm",
-    "~model.decoder_channels",
-    "+model.out_channels=1",
-    "+model.kernel_size=3",
-    "+model.padding=1",
-]
+CONV = ["model=conv"]
 
 
 def train(out: Path) -> Path:
@@ -98,9 +88,7 @@ def predict(ckpt: Path, source: Path, output: Path, workers: int, threads: int) 
         for m in re.finditer(r"peak RSS of this worker (\d+) MiB", p.read_text())
     ]
     blocks = [
-        float(m[1])
-        for p in logs
-        for m in re.finditer(r"written in ([\d.]+) s", p.read_text())
+        float(m[1]) for p in logs for m in re.finditer(r"written in ([\d.]+) s", p.read_text())
     ]
     lines = [line for line in log.read_text().splitlines() if "blocks |" in line]
     return {
