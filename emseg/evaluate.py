@@ -255,6 +255,32 @@ def _scored_against(
         yield prob
 
 
+def _collected(probs: Iterator[np.ndarray], into: np.ndarray | None) -> Iterator[np.ndarray]:
+    """Pass the probability slices on, keeping each in ``into`` (instances=true) on the way."""
+    for z, prob in enumerate(probs):
+        if into is not None:
+            into[z] = prob
+        yield prob
+
+
+def _instances(
+    cfg: DictConfig, pipeline: InferencePipeline, volume: EvalVolume, probability: np.ndarray
+) -> dict[str, Any]:
+    """``instances=true``: instance metrics of the volume (emseg.objects), after its pixels."""
+    from emseg.objects.run import instance_settings, score_instances
+
+    post = pipeline.postprocess
+    return score_instances(
+        probability,
+        volume.mask,
+        pipeline.threshold,
+        instance_settings(cfg),
+        int(post.min_size),
+        int(post.connectivity),
+        getattr(getattr(volume.image, "source", None), "voxel_size", None),
+    )
+
+
 def _written(probs: Iterator[np.ndarray], sink: VolumeSink | None) -> Iterator[np.ndarray]:
     for prob in probs:
         if sink is not None:
@@ -264,9 +290,9 @@ def _written(probs: Iterator[np.ndarray], sink: VolumeSink | None) -> Iterator[n
 
 def _score(
     cfg: DictConfig, pipeline: InferencePipeline, volumes: list[EvalVolume], output_dir: Path
-) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Predict and score the volumes, pooled (and the extra masks of the test volume);
-    optionally save the probabilities (one volume only)."""
+    optionally save the probabilities and score instances (one volume only)."""
     split = str(cfg.get("split", "test"))
     targets = _extra_targets(cfg.get("extra_masks"), split, volumes[0])
     post, band = pipeline.postprocess, int(cfg.edge_band)
@@ -276,6 +302,12 @@ def _score(
         raise ConfigError(
             f"save_predictions=true writes one volume, but split={split} scores {len(volumes)}"
         )
+    instances = bool(cfg.get("instances", False))
+    if instances and len(volumes) > 1:
+        raise ConfigError(
+            f"instances=true scores one volume, but split={split} scores {len(volumes)}"
+        )
+    instance_metrics = None
     extra = {name: VolumeScores(band, pipeline.threshold) for name in targets}
     pooled = VolumeScores(band, pipeline.threshold)
     show = bool(cfg.get("progress", True))
@@ -288,7 +320,8 @@ def _score(
                 sink = create_sink(path, volume.mask.shape, np.uint8, voxel_size=voxel_size)
                 sink = stack.enter_context(sink)
             probs = pipeline.probabilities(volume.image, volume.lead)
-            probs = _scored_against(probs, extra, targets)
+            kept = np.zeros(volume.mask.shape, np.float32) if instances else None
+            probs = _collected(_scored_against(probs, extra, targets), kept)
             probs = progress_bar(_written(probs, sink), len(volume.mask), "evaluate", show)
             metrics, counts = evaluate_volume(
                 probs,
@@ -301,6 +334,8 @@ def _score(
             )
             if sink is not None:
                 sink.commit()
+            if kept is not None:
+                instance_metrics = _instances(cfg, pipeline, volume, kept)
     extras = {
         name: {
             "test_mask": str(cfg.extra_masks[name]),
@@ -309,7 +344,14 @@ def _score(
         }
         for name, score in extra.items()
     }
-    return metrics, counts, extras
+    return metrics, counts, extras, instance_metrics
+
+
+def _log_instances(metrics: dict[str, Any] | None) -> None:
+    if metrics is not None:
+        from emseg.objects.run import log_instance_metrics
+
+        log_instance_metrics(metrics)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -340,7 +382,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             sum(len(volume.mask) for volume in volumes),
             pipeline.predictor.describe(),
         )
-        metrics, counts, extras = _score(cfg, pipeline, volumes, output_dir)
+        metrics, counts, extras, instances = _score(cfg, pipeline, volumes, output_dir)
     volume = volumes[0]
     described = pipeline.describe()
     summary = {
@@ -361,9 +403,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
+    if instances is not None:
+        summary["instances"] = instances
     done = output_dir / "metrics.json"
     write_json_atomic(done, summary)
     _print_table(metrics, pipeline.threshold, int(cfg.edge_band))
+    _log_instances(instances)
     for name, extra in extras.items():
         log.info("fg_iou against extra_masks.%s: %.4f", name, extra["metrics"]["fg_iou"])
     log.info("wrote %s (%.1f s)", done, summary["seconds"])
@@ -427,6 +472,9 @@ def _run_prediction(
         extra_masks={str(k): str(v) for k, v in dict(cfg.get("extra_masks") or {}).items()},
     )
     run = scored.prediction.get("run") or {}
+    instances = None
+    if cfg.get("instances"):
+        instances = _prediction_instances(cfg, prediction, labels, convention, unlabelled, limit)
     summary = {
         "metrics": scored.metrics,
         "threshold": scored.threshold,
@@ -445,8 +493,41 @@ def _run_prediction(
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
+    if instances is not None:
+        summary["instances"] = instances
     done = output_dir / "metrics.json"
     write_json_atomic(done, summary)
     _print_table(scored.metrics, scored.threshold, int(cfg.edge_band))
+    _log_instances(instances)
     log.info("wrote %s (%.1f s)", done, summary["seconds"])
     return scored.metrics
+
+
+def _prediction_instances(
+    cfg: DictConfig,
+    prediction: str,
+    labels: str,
+    convention: str,
+    unlabelled: int | None,
+    limit: int | None,
+) -> dict[str, Any]:
+    """``prediction=<volume> instances=true``: the prediction read whole (a blockwise store: its
+    probabilities), split into objects and matched to the labels' connected components."""
+    from emseg.objects.run import instance_settings, score_instances
+    from emseg.objects.volumes import load_objects_input
+
+    kind, path, key = parse_volume(prediction)
+    if kind == "zarr" and not key and (path / "probabilities").exists():
+        prediction = f"{prediction.rstrip('/')}/probabilities"
+    threshold = check_threshold(cfg.get("threshold", 0.5))
+    volume = load_objects_input(prediction, "auto", threshold, key="prediction")
+    if volume.kind == "labels":
+        raise DataError(f"prediction: {volume.path} holds instance ids; use measure.py truth=")
+    probability = (
+        volume.probability if volume.probability is not None else volume.mask.astype(np.float32)
+    )
+    targets = read_targets(labels, convention, unlabelled, volume.shape, str(volume.path))
+    if limit is not None:
+        probability, targets = probability[:limit], targets[:limit]
+    settings = instance_settings(cfg)
+    return score_instances(probability, targets, threshold, settings, 0, 1, volume.voxel_size)

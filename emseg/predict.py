@@ -53,6 +53,41 @@ def _outputs(cfg: DictConfig) -> tuple[Path, Path | None]:
     return output, mask_output
 
 
+def _object_outputs(cfg: DictConfig, output: Path, inputs: list[Path]) -> Any:
+    """``instances=true``: the label volume and object table of the output, checked now."""
+    if not cfg.get("instances"):
+        return None
+    from emseg.objects.outputs import ObjectOutputs
+
+    given = cfg.get("instances_output")
+    labels = str(given) if given else str(output.with_name(f"{output.stem}_instances.tif"))
+    table = output.with_name(f"{output.stem}_objects.csv")
+    outputs = ObjectOutputs(table, labels)
+    outputs.check(bool(cfg.overwrite), inputs, "instances")
+    return outputs
+
+
+def _write_objects(
+    cfg: DictConfig, pipeline: InferencePipeline, source: VolumeSource, outputs: Any, paths: tuple
+) -> dict[str, Any]:
+    """The objects of the written prediction: its probabilities read back, above the threshold
+    (the written mask when small components were removed from it), into instances, measured."""
+    from emseg.objects.run import analyse, instance_settings, measure_settings
+    from emseg.objects.volumes import load_objects_input
+
+    output, mask_output = paths
+    written = load_objects_input(str(output), "probabilities", pipeline.threshold)
+    mask = written.mask
+    if mask_output is not None and int(pipeline.postprocess.min_size) > 0:
+        mask = load_objects_input(str(mask_output), "mask").mask
+    voxel = getattr(source, "voxel_size", None)
+    labels, table, summary = analyse(
+        mask, written.probability, None, voxel, instance_settings(cfg), measure_settings(cfg)
+    )
+    summary = {"input": str(source.path), "probabilities": str(output), **summary}
+    return outputs.write(labels, table, summary, voxel, bool(cfg.overwrite))
+
+
 def _check_min_size(pipeline: InferencePipeline, mask_output: Path | None) -> None:
     if int(pipeline.postprocess.min_size) > 0 and mask_output is None:
         source = "the checkpoint's evaluation settings remove" if pipeline.applied else "removes"
@@ -117,6 +152,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         the seconds taken.
     """
     if parse_volume(str(cfg.output))[0] == "zarr":  # one chunked store, written blockwise
+        if cfg.get("instances"):
+            raise ConfigError(
+                "instances=true labels single-process TIFF outputs; for a blockwise store run "
+                f"`measure.py input={cfg.output}/probabilities` after it"
+            )
         from emseg.blockwise.run import predict_blockwise
 
         return predict_blockwise(cfg)
@@ -128,6 +168,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     check_output_dtype(cfg.output_dtype)
     outputs = _outputs(cfg)
+    objects = _object_outputs(cfg, outputs[0], [Path(str(cfg.input))])
     with open_volume(Path(str(cfg.input))) as source:
         pipeline = build_pipeline(cfg)
         _check_min_size(pipeline, outputs[1])
@@ -140,6 +181,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             pipeline.predictor.describe(),
         )
         _predict(cfg, pipeline, source, outputs)
+        written = _write_objects(cfg, pipeline, source, objects, outputs) if objects else {}
     seconds = time.perf_counter() - start
     output, mask_output = outputs
     log.info("wrote %s%s in %.1f s", output, f" and {mask_output}" if mask_output else "", seconds)
@@ -148,5 +190,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "mask_output": str(mask_output) if mask_output else None,
         "slices": len(source),
         "inference": pipeline.predictor.describe(),
+        "objects": written or None,
         "seconds": seconds,
     }

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from scipy import ndimage
 
 from emseg.errors import ConfigError
 from emseg.io.units import voxel_or_none
@@ -24,7 +25,14 @@ from emseg.objects.metrics import instance_metrics
 from emseg.objects.outputs import ObjectOutputs
 from emseg.objects.volumes import load_objects_input, truth_instances
 
-__all__ = ["analyse", "instance_settings", "measure_settings", "resolve_voxel_size", "run"]
+__all__ = [
+    "analyse",
+    "instance_settings",
+    "measure_settings",
+    "resolve_voxel_size",
+    "run",
+    "score_instances",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +116,8 @@ def analyse(
     return labels, table, summary
 
 
-def _log_metrics(metrics: dict[str, Any]) -> None:
+def log_instance_metrics(metrics: dict[str, Any]) -> None:
+    """One log line of :func:`~emseg.objects.metrics.instance_metrics`."""
     log.info(
         "instances: %d predicted, %d true; AP %.4f, AP50 %.4f, F1@0.5 %.4f (P %.4f R %.4f), "
         "mean matched IoU %.4f, %d splits, %d merges",
@@ -160,5 +169,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     written = outputs.write(labels, table, summary, voxel, overwrite)
     log.info("%d objects; wrote %s", summary["count"], ", ".join(written.values()))
     if truth is not None:
-        _log_metrics(summary["instance_metrics"])
+        log_instance_metrics(summary["instance_metrics"])
     return {**summary, "outputs": written}
+
+
+def score_instances(
+    probability: np.ndarray,
+    targets: np.ndarray,
+    threshold: float,
+    settings: InstanceSettings,
+    min_size: int = 0,
+    connectivity: int = 1,
+    voxel_size: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
+    """eval.py ``instances=true``: instance metrics of a probability volume against targets.
+
+    Args:
+        probability: ``(Z, Y, X)`` float probabilities (after the pipeline's median).
+        targets: ``(Z, Y, X)`` uint8 {0, 1, IGNORE}; the true instances are the 3D connected
+            components of the 1s (``settings.connectivity``), IGNORE voxels are left out.
+        threshold: probability above which a voxel is foreground.
+        settings: how the mask becomes instances.
+        min_size / connectivity: ``postprocess.min_size`` applied to the mask first, as the
+            pixel metrics do.
+        voxel_size: ``(z, y, x)`` nm for the distance transform, or ``None``.
+
+    Returns:
+        :func:`~emseg.objects.metrics.instance_metrics` plus the settings used.
+    """
+    from emseg.data.labels import IGNORE
+    from emseg.postprocess import remove_small_components
+
+    mask = probability > threshold
+    if min_size > 0:
+        mask = remove_small_components(mask, min_size, connectivity).astype(bool)
+    labels = label_instances(mask, settings, probability, voxel_size)
+    structure = ndimage.generate_binary_structure(3, int(settings.connectivity))
+    truth = ndimage.label(targets == 1, structure)[0]
+    metrics = instance_metrics(labels, truth, probability, ignore=targets == IGNORE)
+    return {**metrics, "settings": settings.as_dict(), "truth": "3D connected components"}
