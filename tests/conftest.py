@@ -99,6 +99,17 @@ def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> Dic
     return cfg
 
 
+def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` (eval, predict, measure...) without progress bars, with a
+    fixed output directory."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[*overrides, "progress=false"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path, synthetic_data_dir):
     """A factory for tiny CPU training configs on the synthetic volume."""

@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from emseg.blockwise import BlockPlan, BlockwiseSettings
 from emseg.blockwise.plan import block_yx_of
@@ -36,7 +34,7 @@ from emseg.io import open_volume
 from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import StoreLayout, create_prediction_store, open_prediction_store
 from emseg.predict import run as run_predict
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_train, make_volume, run_script
+from tests.conftest import TINY_OVERRIDES, compose_cfg, compose_train, make_volume, run_script
 
 DEPTH, SIZE = 11, 48
 POST = ["postprocess.median_size=3", "inference.precision=32-true"]
@@ -51,12 +49,7 @@ exec "$@"
 
 
 def compose_predict(overrides: list[str], tmp_path: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=[*overrides, "progress=false"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-    return cfg
+    return compose_cfg("predict", overrides, tmp_path)
 
 
 @pytest.fixture(scope="module")

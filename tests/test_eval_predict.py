@@ -18,9 +18,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 
 from emseg.errors import ConfigError, DataError
 from emseg.evaluate import METRIC_KEYS, _test_paths
@@ -29,19 +26,10 @@ from emseg.inference import CheckpointError, VolumePredictor, load_checkpoint
 from emseg.postprocess import median_filter_volume, remove_small_components
 from emseg.predict import run as run_predict
 from emseg.resolvers import PROJECT_ROOT
-from tests.conftest import CONFIG_DIR
+from tests.conftest import compose_cfg
 from tests.conftest import run_script as run_in_process
 
 QUIET = ["progress=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-
-
-def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[*overrides, "progress=false"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def run_script(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:

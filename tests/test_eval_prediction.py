@@ -18,9 +18,6 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 
 from emseg.errors import ConfigError, DataError
 from emseg.evaluate import run as run_eval
@@ -28,18 +25,9 @@ from emseg.io.prediction_store import StoreLayout, create_prediction_store
 from emseg.predict import run as run_predict
 from emseg.prediction_scores import score_prediction
 from emseg.volume_scores import METRIC_KEYS
-from tests.conftest import CONFIG_DIR, run_script
+from tests.conftest import compose_cfg, run_script
 
 SWEEP = ("best_threshold", "fg_iou_at_best_threshold")
-
-
-def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[*overrides, "progress=false"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def synthetic_prediction(depth: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

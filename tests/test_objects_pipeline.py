@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 
 from emseg.errors import ConfigError
 from emseg.evaluate import run as run_eval
 from emseg.predict import run as run_predict
-from tests.conftest import CONFIG_DIR
-
-
-def compose_cfg(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[*overrides, "progress=false"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+from tests.conftest import compose_cfg
 
 
 def test_eval_instances_beside_pixel_metrics(tmp_path, tiny_checkpoint, synthetic_data_dir):

@@ -13,6 +13,7 @@ predicts z 77-92, 16 slices), on one torch thread, at the checkpoint's precision
   same tensors, layout and autocast as the pipeline's), no reading, padding or median;
 * ``pipeline_block_s``: :meth:`InferencePipeline.block_probabilities` (read, normalise,
   forward, 3D median) for the block;
+* ``median_s``: the 3D median alone on the block's 16 probability slices;
 * ``worker_block_s``: :func:`emseg.blockwise.worker.predict_block` (the above plus encoding
   and writing both arrays into a store), what a worker logs per block;
 * the engine's own cost per block (daisy's scheduling, ~1 ms) is measured in README.md.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from emseg.blockwise.worker import predict_block
 from emseg.data.dataset import context_slices
@@ -38,8 +39,16 @@ from emseg.inference import build_pipeline
 from emseg.inference.volume_predictor import PRECISIONS
 from emseg.io import open_volume
 from emseg.io.prediction_store import StoreLayout, create_prediction_store
+from emseg.postprocess import median_filter_slices
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def best(function, repeat: int) -> float:
@@ -59,9 +68,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = OmegaConf.create(
-        {"ckpt_path": str(args.ckpt), "inference": None, "postprocess": None, "torch_threads": 1}
-    )
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        overrides = [f"ckpt_path={args.ckpt}", "input=x", "output=y", "torch_threads=1"]
+        cfg = compose(config_name="predict", overrides=overrides)
     pipeline = build_pipeline(cfg)
     z0, z1 = 80, 90
     with open_volume(str(args.input)) as source:
@@ -85,8 +94,10 @@ def main() -> None:
                     predictor.model(x)
 
         bare()  # warm-up
+        assert len(stacks) == (z1 - z0) + 2 * radius, "the checkpoint's median was not applied"
         results = {
-            "cpu": platform.processor() or platform.machine(),
+            "median_footprint": list(pipeline.median_footprint(source)),
+            "cpu": cpu_name(),
             "precision": predictor.precision,
             "channels_last": predictor.channels_last,
             "threads": torch.get_num_threads(),
@@ -98,6 +109,11 @@ def main() -> None:
                 lambda: pipeline.block_probabilities(source, z0, z1), args.repeat
             ),
         }
+        footprint = pipeline.median_footprint(source)
+        probs = list(predictor.predict(source, z0 - radius, z1 + radius))
+        results["median_s"] = best(
+            lambda: list(median_filter_slices(iter(probs), footprint, 1)), args.repeat
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         layout = StoreLayout(
             source.shape, (1, 256, 256), {"probabilities": "uint8", "mask": "uint8"}
@@ -108,6 +124,9 @@ def main() -> None:
             lambda: predict_block(pipeline, source, store, box, "uint8"), args.repeat
         )
     results["beyond_network"] = results["worker_block_s"] / results["bare_forward_s"] - 1
+    results["beyond_network_and_median"] = (
+        results["worker_block_s"] - results["median_s"]
+    ) / results["bare_forward_s"] - 1
     path = ROOT / "experiments/large_volumes/block_overhead.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
