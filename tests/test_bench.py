@@ -54,6 +54,7 @@ def quick(tmp_path_factory, tiny_checkpoint) -> tuple[dict, str]:
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
+@pytest.mark.slow  # ~35 s: a quick run of every make bench section (speed is checked by make bench)
 def test_quick_bench_reports_every_section(quick):
     results, report = quick
     env = results["environment"]

@@ -235,6 +235,7 @@ def test_cfg_hydra_shows_slurm_launcher(tmp_path, capsys):
     assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == "${trainer.devices}"
 
 
+@pytest.mark.slow  # ~13 s: two submitit jobs; the SLURM launcher composes in a fast test
 def test_submitit_local_two_job_sweep(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=submitit_local", "loss=bce,dice", *TINY_OVERRIDES]
@@ -268,6 +269,7 @@ def test_optuna_search_config_composes():
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
+@pytest.mark.slow  # ~8 s: two Optuna trials; hparams_search=optuna composes in test_configs
 def test_optuna_search_runs(tmp_path, synthetic_data_dir):
     """Two trials of the search end to end; patch sizes that fit the 96-pixel synthetic slices."""
     sweep_dir = tmp_path / "search"
