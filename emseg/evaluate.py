@@ -354,6 +354,24 @@ def _log_instances(metrics: dict[str, Any] | None) -> None:
         log_instance_metrics(metrics)
 
 
+def _write_summary(
+    output_dir: Path,
+    summary: dict[str, Any],
+    instances: dict[str, Any] | None,
+    metrics: dict[str, Any],
+    threshold: float,
+    edge_band: int,
+) -> Path:
+    """Write metrics.json (with the instance metrics, if any) and print the tables."""
+    if instances is not None:
+        summary["instances"] = instances
+    done = output_dir / "metrics.json"
+    write_json_atomic(done, summary)
+    _print_table(metrics, threshold, edge_band)
+    _log_instances(instances)
+    return done
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on the whole test volume and write ``metrics.json``.
 
@@ -403,12 +421,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
-    if instances is not None:
-        summary["instances"] = instances
-    done = output_dir / "metrics.json"
-    write_json_atomic(done, summary)
-    _print_table(metrics, pipeline.threshold, int(cfg.edge_band))
-    _log_instances(instances)
+    done = _write_summary(
+        output_dir, summary, instances, metrics, pipeline.threshold, int(cfg.edge_band)
+    )
     for name, extra in extras.items():
         log.info("fg_iou against extra_masks.%s: %.4f", name, extra["metrics"]["fg_iou"])
     log.info("wrote %s (%.1f s)", done, summary["seconds"])
@@ -493,12 +508,9 @@ def _run_prediction(
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
-    if instances is not None:
-        summary["instances"] = instances
-    done = output_dir / "metrics.json"
-    write_json_atomic(done, summary)
-    _print_table(scored.metrics, scored.threshold, int(cfg.edge_band))
-    _log_instances(instances)
+    done = _write_summary(
+        output_dir, summary, instances, scored.metrics, scored.threshold, int(cfg.edge_band)
+    )
     log.info("wrote %s (%.1f s)", done, summary["seconds"])
     return scored.metrics
 

@@ -16,6 +16,7 @@ on volumes that do not fit in memory, and both give exactly the whole-volume res
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -171,7 +172,10 @@ class PostprocessSettings:
 
 
 def median_filter_slices(
-    slices: Iterable[np.ndarray], size: int | Sequence[int] = 3, threads: int = 1
+    slices: Iterable[np.ndarray],
+    size: int | Sequence[int] = 3,
+    threads: int = 1,
+    first: int = 0,
 ) -> Iterator[np.ndarray]:
     """Stream a 3D median filter over ``(Y, X)`` slices in z order.
 
@@ -181,6 +185,8 @@ def median_filter_slices(
             of one voxel (``size <= 1``) passes the slices through unchanged.
         threads: blocks of rows filtered in parallel (eval.py / predict.py pass torch's
             intra-op thread count).
+        first: the first centre to filter and yield; slices before it are only neighbours
+            (a blockwise block's z context, filtered by the block that owns them).
 
     Yields:
         The filtered slices (float32), one per input slice, equal to
@@ -194,20 +200,21 @@ def median_filter_slices(
     except ConfigError as err:
         raise ValueError(f"median size must be odd, got {size}") from err
     if footprint == OFF:
-        yield from slices
+        yield from itertools.islice(slices, int(first), None)
         return
     radius = footprint[0] // 2
     held: dict[int, np.ndarray] = {}
-    done = 0  # slices emitted so far = the next centre
+    done = int(first)  # the next centre (earlier ones are not filtered)
     count = 0
     for z, item in enumerate(slices):
-        held[z] = item
+        if z >= done - radius:  # a neighbour of a centre still to filter
+            held[z] = item
         count = z + 1
         while done + radius <= z:  # the next centre has all its neighbours
             yield _median_centre(held, done, footprint, None, threads)
             done += 1
             held.pop(done - radius - 1, None)
-    while done < count:  # the last centres see the last slice repeated
+    while done < count:  # the last centres see the last slice repeated (none if first >= count)
         yield _median_centre(held, done, footprint, count - 1, threads)
         done += 1
 

@@ -127,3 +127,17 @@ def test_a_median_size_on_the_command_line_replaces_the_checkpoints_median_nm():
     cfg = _eval_cfg([])
     applied = apply_checkpoint_settings(cfg, block, [])
     assert applied == {"postprocess.median_size": 0, "postprocess.median_nm": 35.0}
+
+
+def test_the_stream_can_start_at_a_later_centre():
+    # A block's leading z context is filtered by the block that owns it: starting at centre k
+    # gives exactly the whole stream's slices from k on, for every k (also past the end).
+    volume = np.random.default_rng(2).random((7, 6, 5)).astype(np.float32)
+    whole = np.stack(list(median_filter_slices(iter(volume), (5, 3, 3))))
+    for first in range(0, 9):
+        part = list(median_filter_slices(iter(volume), (5, 3, 3), 1, first))
+        assert len(part) == max(0, 7 - first)
+        if part:
+            np.testing.assert_array_equal(np.stack(part), whole[first:])
+    off = list(median_filter_slices(iter(volume), 1, 1, 3))
+    np.testing.assert_array_equal(np.stack(off), volume[3:])

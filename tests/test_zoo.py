@@ -19,9 +19,7 @@ import pytest
 import tifffile
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
 from emseg.errors import ConfigError
 from emseg.export import run as run_export
@@ -29,7 +27,8 @@ from emseg.inference import CheckpointError, load_checkpoint
 from emseg.inference.checkpoint import load_model
 from emseg.zoo import architecture, is_package, model_argument
 from emseg.zoo.processing import PackagePreprocessing, apply_steps, check_preprocessing
-from tests.conftest import CONFIG_DIR, run_script
+from tests.conftest import run_script
+from tests.test_export import export_cfg
 
 # Windows of 128 px: halo 32, minimum input 96 = the synthetic volume's side.
 TINY_ZOO = [
@@ -37,15 +36,6 @@ TINY_ZOO = [
     "inference.tile_size=128",
     "bioimageio.authors=[{name: Test Author, affiliation: Test Lab}]",
 ]
-
-
-def export_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="export", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 @pytest.fixture(scope="module")

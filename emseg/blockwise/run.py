@@ -42,7 +42,7 @@ from emseg.blockwise.slurm import SrunWorker, srun_command
 from emseg.blockwise.worker import BlockWorker
 from emseg.errors import ConfigError
 from emseg.inference import InferencePipeline, build_pipeline
-from emseg.inference.sliding_window import plan_slice
+from emseg.inference.sliding_window import model_stride, plan_slice
 from emseg.io import open_volume
 from emseg.io.encoding import check_output_dtype
 from emseg.io.formats import parse_volume
@@ -246,7 +246,9 @@ def _plan(
     )
     tiles = not plan.whole_slices() or plan.shape[1:] != tuple(source.shape[1:])
     window = pipeline.window
-    slice_plan = plan_slice(*source.shape[1:], window, pipeline.predictor.stride)
+    # The network's stride from the checkpoint: pipeline.predictor would move the network
+    # onto this process's device (GPU 0 of a node whose GPUs belong to the workers).
+    slice_plan = plan_slice(*source.shape[1:], window, model_stride(pipeline.checkpoint.net))
     if tiles and not slice_plan.single:
         if slice_plan.naive:
             raise ConfigError(

@@ -38,6 +38,7 @@ from emseg.inference.volume_predictor import (
     Region,
     SliceSource,
     VolumePredictor,
+    shape_of,
 )
 from emseg.inference.window import WindowSettings
 from emseg.postprocess import PostprocessSettings, median_filter_slices
@@ -151,7 +152,7 @@ class InferencePipeline:
         grown, keep = None, (slice(None), slice(None))
         if region is not None:
             (y0, y1), (x0, x1) = region
-            height, width = _slice_shape(slices)
+            _, height, width = shape_of(slices)
             if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
                 raise ValueError(f"region {region} is not within the {height} x {width} slice")
             ry, rx = footprint[1] // 2, footprint[2] // 2
@@ -161,8 +162,10 @@ class InferencePipeline:
             keep = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
         box = self.predictor.input_box(slices, first, last, grown)
         probs = self.predictor.predict(PrefetchedBox(slices, box), first, last, grown)
-        filtered = median_filter_slices(probs, footprint, torch.get_num_threads())
-        kept = itertools.islice(filtered, start - first, stop - first)
+        # The median's z context slices are neighbours only: the blocks that own them filter
+        # them; the islice stops before the trailing ones.
+        filtered = median_filter_slices(probs, footprint, torch.get_num_threads(), start - first)
+        kept = itertools.islice(filtered, stop - start)
         return np.stack([p[keep] for p in kept]).astype(np.float32, copy=False)
 
     def median_footprint(self, slices: object | None = None) -> tuple[int, int, int]:
@@ -218,12 +221,6 @@ def _settings(cfg: DictConfig) -> tuple[WindowSettings, PostprocessSettings]:
     window = instantiate(cfg.inference) if cfg.get("inference") is not None else WindowSettings()
     post = cfg.get("postprocess")
     return window, instantiate(post) if post is not None else PostprocessSettings()
-
-
-def _slice_shape(slices: SliceSource) -> tuple[int, int]:
-    """``(Y, X)`` of a source's slices without reading one when it knows its shape."""
-    shape = getattr(slices, "shape", None)
-    return tuple(int(s) for s in shape[1:]) if shape is not None else np.asarray(slices[0]).shape
 
 
 def build_pipeline(cfg: DictConfig, checkpoint: Checkpoint | None = None) -> InferencePipeline:

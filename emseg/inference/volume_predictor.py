@@ -37,6 +37,7 @@ __all__ = [
     "PrefetchedBox",
     "SliceSource",
     "read_region",
+    "shape_of",
     "VolumePredictor",
     "resolve_device",
     "resolve_precision",
@@ -195,7 +196,7 @@ class VolumePredictor:
         """The ``(z, y, x)`` ranges of input that :meth:`predict` reads for these arguments:
         the slices with their 2.5D context, and the rows / columns under the windows of
         ``region`` (all of them without a region)."""
-        depth, height, width = _shape_of(slices)
+        depth, height, width = shape_of(slices)
         context = self.preprocessing.context
         zs = (max(0, int(start) - context), min(depth, int(stop) + context))
         if region is None:
@@ -220,7 +221,7 @@ class VolumePredictor:
                     channels_last=self.channels_last,
                 ),
             )
-        _, height, width = _shape_of(slices)
+        _, height, width = shape_of(slices)
         plan = plan_slice(height, width, self.window, self.stride)
         axes = region_axes(plan, *region)
         (y0, y1), (x0, x1) = axes[0].read, axes[1].read
@@ -237,7 +238,8 @@ class VolumePredictor:
         )
 
 
-def _shape_of(slices: SliceSource) -> tuple[int, int, int]:
+def shape_of(slices: SliceSource) -> tuple[int, int, int]:
+    """``(Z, Y, X)`` of a source, without reading a slice when it knows its shape."""
     shape = getattr(slices, "shape", None)
     if shape is None:
         first = np.asarray(slices[0])
@@ -262,7 +264,7 @@ class PrefetchedBox:
 
     def __init__(self, source: SliceSource, box: tuple[tuple[int, int], ...]) -> None:
         self.source = source
-        self.shape = _shape_of(source)
+        self.shape = shape_of(source)
         self.path = getattr(source, "path", None)
         self.voxel_size = getattr(source, "voxel_size", None)
         self.box = tuple((int(a), int(b)) for a, b in box)

@@ -6,8 +6,8 @@ Run from the repository root::
 
 1. trains a one-layer checkpoint (``model=conv``: a single 3 x 3 convolution, 2.5D context 1,
    two steps on the EPFL training volume) unless --ckpt is given. It measures the engine, the
-   I/O and the memory, not a network: on these 2 CPU cores the tiny U-Net predicts ~1 M
-   voxels/s, 20 GB would take 6 hours (the networks' own cost per voxel is in README.md);
+   I/O and the memory, not a network: on these 2 CPU cores the tiny U-Net predicted 0.51 M
+   voxels/s (memory_vs_depth.py), 20 GB would take ~11 hours (README.md);
 2. writes a synthetic uint8 Zarr volume of (Z, 2560, 3072) for each size in --gb (GB = 1e9
    voxels): the EPFL training slices tiled in y and x and cycled in z, chunks 16 x 512 x 512;
 3. predicts each blockwise into a mask-only store (chunks 16 x 512 x 512, blocks of 16 slices,
