@@ -6,22 +6,30 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from emseg.hardware import auto_channels_last, auto_pin_memory, auto_precision
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# emseg.hardware (torch) is imported when a resolver runs, not with the package: processes that
+# never compose a training config (blockwise object workers, measure.py) start without torch.
+
+
 def _precision(value: str = "auto", accelerator: str = "auto") -> str:
+    from emseg.hardware import auto_precision
+
     return auto_precision(accelerator) if str(value) == "auto" else str(value)
 
 
 def _channels_last(value: str | bool = "auto", precision: str = "32-true", accelerator="auto"):
+    from emseg.hardware import auto_channels_last
+
     if str(value) == "auto":
         return auto_channels_last(precision, accelerator)
     return bool(value)
 
 
 def _pin_memory(value: str | bool = "auto", accelerator: str = "auto") -> bool:
+    from emseg.hardware import auto_pin_memory
+
     if str(value) == "auto":
         return auto_pin_memory(accelerator)
     return bool(value)

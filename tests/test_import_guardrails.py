@@ -19,6 +19,9 @@ TRAINING = ("lightning", "pytorch_lightning", "emseg.train", "emseg.module", "em
 GUARDED = {
     **dict.fromkeys(sorted((PACKAGE / "inference").glob("*.py")), TRAINING),
     PACKAGE / "postprocess.py": (*TRAINING, "torch", "monai"),
+    # The object tools (and their blockwise workers) are numpy / scipy / scikit-image.
+    **dict.fromkeys(sorted((PACKAGE / "objects").glob("*.py")), (*TRAINING, "torch")),
+    PACKAGE / "resolvers.py": ("torch",),
 }
 
 

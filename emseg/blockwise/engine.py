@@ -103,6 +103,7 @@ def run_blocks(
     progress: bool = True,
     skip: Sequence[bool] | None = None,
     host: str | None = None,
+    task_id: str = TASK_ID,
 ) -> BlockwiseOutcome:
     """Run ``worker`` in ``workers`` processes until every block of ``plan`` is done or failed.
 
@@ -123,6 +124,7 @@ def run_blocks(
         skip: one flag per block (plan order, z then y then x): ``True`` = not this run, not
             recorded as done.
         host: the scheduler address the workers connect to (``None``: daisy detects it).
+        task_id: daisy's name of the task (the progress line starts with it).
 
     Returns:
         The counts and the failed blocks' boxes (the caller decides what failure means).
@@ -139,7 +141,7 @@ def run_blocks(
     extent, block = plan.shape, plan.block_shape
     mask = None if skip is None else np.asarray(skip, dtype=bool).reshape(plan.grid)
     task = daisy.Task(
-        TASK_ID,
+        task_id,
         total_roi=daisy.Roi((z0 - halo, y0, x0), (extent[0] + 2 * halo, *extent[1:])),
         read_roi=daisy.Roi((-halo, 0, 0), (block[0] + 2 * halo, *block[1:])),
         write_roi=daisy.Roi((0, 0, 0), block),
@@ -154,14 +156,14 @@ def run_blocks(
     )
     start = time.perf_counter()
     try:
-        observer = BlockProgress(TASK_ID, math.prod(extent), len(plan)) if progress else False
+        observer = BlockProgress(task_id, math.prod(extent), len(plan)) if progress else False
         states = daisy.run_blockwise(
             [task], progress=observer, summary=progress, return_states=True, host=host
         )
     except RuntimeError as err:  # abandonment: the worker restart cap was exhausted
         raise BlockwiseError(f"blockwise prediction abandoned: {err}") from err
     seconds = time.perf_counter() - start
-    state = states[TASK_ID]
+    state = states[task_id]
     return BlockwiseOutcome(
         total=int(state.total_block_count),
         completed=int(state.completed_count) - int(state.skipped_count),

@@ -57,7 +57,7 @@ from emseg.io.prediction_store import (
 )
 from emseg.io.sink import check_writable_directory
 
-__all__ = ["predict_blockwise", "run_directory"]
+__all__ = ["exclusive_run", "predict_blockwise", "run_directory"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run_directory(output: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
+def exclusive_run(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/lock`` for the run, or :class:`ConfigError` if another run holds it."""
     run_dir.mkdir(exist_ok=True)
     with open(run_dir / "lock", "a+") as handle:
@@ -280,7 +280,7 @@ def _run(
     """Lock, create or resume the store, run the blocks, report (see the module docstring)."""
     slurm, dtype, halo = settings.launcher == "slurm", str(cfg.output_dtype), plan.halo
     run_dir = run_directory(output)
-    with _exclusive(run_dir):
+    with exclusive_run(run_dir):
         record = _run_record(cfg, pipeline, source, plan)
         store = _open_store(output, layout, record, bool(cfg.overwrite), run_dir / "tracking")
         worker = BlockWorker(

@@ -41,7 +41,14 @@ from emseg.blockwise.plan import Block
 from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import PredictionStore
 
-__all__ = ["MASK_VALUE", "ORPHAN_CHECK_S", "BlockWorker", "halve_yx", "predict_block"]
+__all__ = [
+    "MASK_VALUE",
+    "ORPHAN_CHECK_S",
+    "BlockWorker",
+    "exit_when_orphaned",
+    "halve_yx",
+    "predict_block",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,7 @@ def halve_yx(volume: np.ndarray) -> np.ndarray:
     return padded.reshape(z, y // 2, 2, x // 2, 2).mean(axis=(2, 4), dtype=np.float32)
 
 
-def _exit_when_orphaned(scheduler_pid: int) -> None:
+def exit_when_orphaned(scheduler_pid: int) -> None:
     """Exit this process (a daemon thread's check) once the scheduler process is gone."""
 
     def watch() -> None:
@@ -154,7 +161,7 @@ class BlockWorker:
 
         client = daisy.Client()
         if self.scheduler_pid is not None:
-            _exit_when_orphaned(int(self.scheduler_pid))
+            exit_when_orphaned(int(self.scheduler_pid))
         logging.basicConfig(  # stderr is this worker's log file (<output>.blockwise/logs)
             level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
         )

@@ -15,10 +15,21 @@
 
 from emseg.io.arrays import read_image, read_mask, read_pair
 from emseg.io.atomic import atomic_path, atomic_paths, write_json_atomic
-from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
 from emseg.io.formats import create_sink, open_volume
 from emseg.io.sink import VolumeSink, check_output_path
 from emseg.io.source import VolumeSource
+
+# The checkpoint reader needs torch; it is imported on first use, so that the volume I/O (the
+# object tools and their blockwise workers, measure.py) starts without torch (~2 s).
+_CHECKPOINT_NAMES = ("CheckpointError", "read_checkpoint", "resolve_checkpoint_path")
+
+
+def __getattr__(name: str):
+    if name in _CHECKPOINT_NAMES:
+        from emseg.io import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'emseg.io' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointError",

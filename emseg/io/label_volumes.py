@@ -28,7 +28,7 @@ from emseg.io.atomic import atomic_path, temporary_sibling
 from emseg.io.formats import create_sink, parse_volume
 from emseg.io.sink import check_output_path, check_writable_directory
 
-__all__ = ["check_label_output", "write_labels"]
+__all__ = ["check_label_output", "ome_label_attrs", "replace_directory", "write_labels"]
 
 _CHUNKS = (32, 256, 256)
 
@@ -82,7 +82,7 @@ def _check_replaceable_h5(path: Path, inner: str, key: str) -> None:
         )
 
 
-def _ome_attrs(name: str, voxel_size: tuple[float, float, float] | None) -> dict:
+def ome_label_attrs(name: str, voxel_size: tuple[float, float, float] | None) -> dict:
     unit = {"unit": "nanometer"} if voxel_size else {}
     scale = [float(v) for v in voxel_size] if voxel_size else [1.0, 1.0, 1.0]
     return {
@@ -108,10 +108,10 @@ def _write_zarr_group(
     chunks = tuple(min(c, s) for c, s in zip(_CHUNKS, labels.shape, strict=True))
     array = group.create_array("0", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
     array[...] = labels
-    group.attrs["ome"] = _ome_attrs(name, voxel_size)
+    group.attrs["ome"] = ome_label_attrs(name, voxel_size)
 
 
-def _replace_directory(tmp: Path, final: Path) -> None:
+def replace_directory(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` over ``final`` (a directory); an old ``final`` is removed only after the
     new one is complete."""
     if final.exists():
@@ -176,7 +176,7 @@ def write_labels(
     tmp = temporary_sibling(final)
     try:
         _write_zarr_group(tmp, labels, name, voxel_size)
-        _replace_directory(tmp, final)
+        replace_directory(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

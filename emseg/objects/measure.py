@@ -39,7 +39,15 @@ from scipy import ndimage
 
 from emseg.errors import ConfigError
 
-__all__ = ["COLUMNS", "MeasureSettings", "measure_objects", "summarize"]
+__all__ = [
+    "COLUMNS",
+    "MeasureSettings",
+    "empty_table",
+    "measure_object",
+    "measure_objects",
+    "summarize",
+    "table_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,7 @@ def _surface_area(image: np.ndarray, spacing: Sequence[float], sigma: float) -> 
     return float(mesh_surface_area(vertices, faces))
 
 
-def _empty_table() -> dict[str, np.ndarray]:
+def empty_table() -> dict[str, np.ndarray]:
     return {name: np.zeros(0) for name in COLUMNS}
 
 
@@ -120,53 +128,94 @@ def measure_objects(
         probability: optional ``(Z, Y, X)`` probabilities for ``mean_probability``.
         settings: :class:`MeasureSettings`.
     """
+    settings = settings or MeasureSettings()
+    if labels.size == 0 or int(labels.max()) == 0:
+        return empty_table()
+    rows = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        image = labels[box] == index
+        prob = None if probability is None else probability[box]
+        bbox = tuple(s.start for s in box) + tuple(s.stop for s in box)
+        rows.append(measure_object(index, image, bbox, labels.shape, voxel_size, prob, settings))
+    return table_of(rows)
+
+
+def table_of(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows of :func:`measure_object` as the table (one array per column, rows as given)."""
+    if not rows:
+        return empty_table()
+    return {name: np.asarray([row[name] for row in rows]) for name in COLUMNS}
+
+
+def measure_object(
+    index: int,
+    image: np.ndarray,
+    bbox: Sequence[int],
+    shape: Sequence[int],
+    voxel_size: Sequence[float] | None,
+    probability: np.ndarray | None = None,
+    settings: MeasureSettings | None = None,
+) -> dict[str, Any]:
+    """The row of one object (the in-memory table and the blockwise one call this alike, so
+    that both give the same numbers).
+
+    Args:
+        index: the object's id.
+        image: ``(z, y, x)`` bool, the object inside its bounding box.
+        bbox: ``(z0, y0, x0, z1, y1, x1)`` of ``image`` in the volume, stops exclusive.
+        shape: ``(Z, Y, X)`` of the whole volume (for ``touches_border``).
+        voxel_size: ``(z, y, x)`` nm, or ``None``.
+        probability: ``(z, y, x)`` probabilities of the same box, or ``None``.
+        settings: :class:`MeasureSettings`.
+    """
     from skimage.measure import regionprops
 
     settings = settings or MeasureSettings()
-    if labels.size == 0 or int(labels.max()) == 0:
-        return _empty_table()
     um = None if voxel_size is None else tuple(float(v) / 1000.0 for v in voxel_size)
     spacing = um or (1.0, 1.0, 1.0)
-    rows: dict[str, list] = {name: [] for name in COLUMNS}
-    shape = labels.shape
-    regions = regionprops(labels, spacing=spacing)
-    sums = None
+    region = regionprops(image.astype(np.uint8), spacing=spacing)[0]
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in bbox)
+    voxels = int(region.num_pixels)
+    area = _surface_area(image, spacing, float(settings.surface_sigma))
+    volume = voxels * float(np.prod(spacing))  # um^3, or voxels without a voxel size
+    try:
+        major, minor = float(region.axis_major_length), float(region.axis_minor_length)
+    except ValueError:  # a degenerate (flat / single-voxel) inertia tensor
+        major, minor = math.nan, math.nan
+    # regionprops scales the centroid by the spacing; the crop's origin is the box's start.
+    centroid = np.asarray(region.centroid) / np.asarray(spacing) + np.asarray([z0, y0, x0])
+    touches = min(z0, y0, x0) == 0 or z1 == shape[0] or y1 == shape[1] or x1 == shape[2]
+    mean_probability = math.nan
     if probability is not None:
-        ids = np.arange(1, int(labels.max()) + 1)
-        sums = np.asarray(ndimage.mean(probability, labels, ids))
-    for region in regions:
-        z0, y0, x0, z1, y1, x1 = region.bbox
-        voxels = int(region.num_pixels)
-        area = _surface_area(region.image, spacing, float(settings.surface_sigma))
-        volume = voxels * float(np.prod(spacing))  # um^3, or voxels without a voxel size
-        try:
-            major, minor = float(region.axis_major_length), float(region.axis_minor_length)
-        except ValueError:  # a degenerate (flat / single-voxel) inertia tensor
-            major, minor = math.nan, math.nan
-        centroid = np.asarray(region.centroid) / np.asarray(spacing)  # regionprops scales it
-        rows["id"].append(int(region.label))
-        rows["voxels"].append(voxels)
-        rows["volume_um3"].append(volume if um else math.nan)
-        rows["surface_area_um2"].append(area if um else math.nan)
-        rows["surface_area_vox2"].append(math.nan if um else area)
-        for key, value in zip(("z0", "y0", "x0", "z1", "y1", "x1"), region.bbox, strict=True):
-            rows[key].append(int(value))
-        rows["z_extent"].append(int(z1 - z0))
-        rows["z_extent_um"].append((z1 - z0) * um[0] if um else math.nan)
-        for key, value in zip(("centroid_z", "centroid_y", "centroid_x"), centroid, strict=True):
-            rows[key].append(float(value))
-        rows["major_axis_um"].append(major if um else math.nan)
-        rows["minor_axis_um"].append(minor if um else math.nan)
-        rows["major_axis_vox"].append(math.nan if um else major)
-        rows["minor_axis_vox"].append(math.nan if um else minor)
-        rows["elongation"].append(major / minor if minor > 0 else math.nan)
-        rows["sphericity"].append(math.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
-        touches = min(z0, y0, x0) == 0 or z1 == shape[0] or y1 == shape[1] or x1 == shape[2]
-        rows["touches_border"].append(bool(touches))
-        rows["mean_probability"].append(
-            float(sums[region.label - 1]) if sums is not None else math.nan
-        )
-    return {name: np.asarray(values) for name, values in rows.items()}
+        mean_probability = float(probability[image].mean(dtype=np.float64))
+    return {
+        "id": int(index),
+        "voxels": voxels,
+        "volume_um3": volume if um else math.nan,
+        "surface_area_um2": area if um else math.nan,
+        "surface_area_vox2": math.nan if um else area,
+        "z0": z0,
+        "y0": y0,
+        "x0": x0,
+        "z1": z1,
+        "y1": y1,
+        "x1": x1,
+        "z_extent": z1 - z0,
+        "z_extent_um": (z1 - z0) * um[0] if um else math.nan,
+        "centroid_z": float(centroid[0]),
+        "centroid_y": float(centroid[1]),
+        "centroid_x": float(centroid[2]),
+        "major_axis_um": major if um else math.nan,
+        "minor_axis_um": minor if um else math.nan,
+        "major_axis_vox": math.nan if um else major,
+        "minor_axis_vox": math.nan if um else minor,
+        "elongation": major / minor if minor > 0 else math.nan,
+        "sphericity": math.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area,
+        "touches_border": bool(touches),
+        "mean_probability": mean_probability,
+    }
 
 
 def _distribution(values: np.ndarray) -> dict[str, float] | None:

@@ -56,15 +56,18 @@ class ObjectOutputs:
 
     def write(
         self,
-        labels: np.ndarray,
+        labels: np.ndarray | None,
         table: dict[str, np.ndarray],
         summary: dict[str, Any],
         voxel_size: tuple[float, float, float] | None,
         overwrite: bool,
     ) -> dict[str, str]:
-        """Write every output; returns their paths by name."""
+        """Write every output; returns their paths by name. ``labels`` ``None``: the label
+        volume is already at :attr:`labels` (written blockwise)."""
         written = {}
-        if self.labels is not None:
+        if self.labels is not None and labels is None:
+            written["labels"] = str(self.labels)
+        elif self.labels is not None:
             written["labels"] = str(write_labels(self.labels, labels, voxel_size, overwrite))
         write_table(self.table, table)
         write_histogram(self.histogram, table, voxel_size is not None)

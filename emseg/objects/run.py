@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from emseg.errors import ConfigError
 from emseg.io.units import voxel_or_none
+from emseg.objects.blockwise import ObjectBlockSettings, instances_blockwise, uses_blockwise
 from emseg.objects.instances import InstanceSettings, label_instances
 from emseg.objects.measure import MeasureSettings, measure_objects, summarize
 from emseg.objects.metrics import instance_metrics
@@ -27,6 +28,7 @@ from emseg.objects.volumes import load_objects_input, truth_instances
 
 __all__ = [
     "analyse",
+    "block_settings",
     "instance_settings",
     "measure_settings",
     "resolve_voxel_size",
@@ -150,6 +152,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from emseg.inference import check_threshold
 
     threshold = check_threshold(cfg.get("threshold", 0.5))
+    blocks = block_settings(cfg)
+    if uses_blockwise(blocks, str(labels_output) if labels_output else None):
+        return _run_blockwise(cfg, outputs, settings, measure, blocks, threshold)
     volume = load_objects_input(str(cfg.input), str(cfg.get("input_kind", "auto")), threshold)
     voxel = resolve_voxel_size(cfg.get("voxel_size"), volume.voxel_size, str(volume.path))
     truth = None
@@ -171,6 +176,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if truth is not None:
         log_instance_metrics(summary["instance_metrics"])
     return {**summary, "outputs": written}
+
+
+def block_settings(cfg: DictConfig) -> ObjectBlockSettings:
+    """``cfg.blockwise`` as :class:`ObjectBlockSettings` (defaults when absent)."""
+    node = cfg.get("blockwise")
+    return ObjectBlockSettings() if node is None else instantiate(node)
+
+
+def _run_blockwise(
+    cfg: DictConfig,
+    outputs: ObjectOutputs,
+    settings: InstanceSettings,
+    measure: MeasureSettings,
+    blocks: ObjectBlockSettings,
+    threshold: float,
+) -> dict[str, Any]:
+    """``measure.py`` with a Zarr ``labels_output``: :func:`instances_blockwise`."""
+    from emseg.objects.volumes import open_objects_input
+
+    with open_objects_input(str(cfg.input)) as source:
+        recorded, path = source.voxel_size, source.path
+    voxel = resolve_voxel_size(cfg.get("voxel_size"), recorded, str(path))
+    return instances_blockwise(
+        str(cfg.input),
+        str(cfg.get("input_kind", "auto")),
+        threshold,
+        str(cfg.labels_output),
+        outputs,
+        settings,
+        measure,
+        voxel,
+        blocks,
+        cfg.get("truth"),
+        bool(cfg.get("overwrite", False)),
+    )
 
 
 def score_instances(

@@ -20,8 +20,16 @@ from scipy import ndimage
 
 from emseg.errors import ConfigError, DataError
 from emseg.io import open_volume
+from emseg.io.source import VolumeSource
 
-__all__ = ["KINDS", "ObjectsInput", "load_objects_input", "truth_instances"]
+__all__ = [
+    "KINDS",
+    "ObjectsInput",
+    "load_objects_input",
+    "open_objects_input",
+    "probabilities_of",
+    "truth_instances",
+]
 
 KINDS = ("auto", "probabilities", "mask", "labels")
 
@@ -46,14 +54,18 @@ class ObjectsInput:
         raise AssertionError("empty input")
 
 
-def _read(spec: str) -> tuple[np.ndarray, Path, tuple[float, float, float] | None]:
+def open_objects_input(spec: str) -> VolumeSource:
+    """``spec`` opened lazily, whatever its dtype (integer ids, uint8 masks, float data)."""
     try:
-        source = open_volume(spec, "labels")
+        return open_volume(spec, "labels")
     except DataError as err:
         if "unsupported labels dtype" not in str(err):
             raise
-        source = open_volume(spec, "image")  # float data
-    with source:
+        return open_volume(spec, "image")  # float data
+
+
+def _read(spec: str) -> tuple[np.ndarray, Path, tuple[float, float, float] | None]:
+    with open_objects_input(spec) as source:
         return source.read(), source.path, source.voxel_size
 
 
@@ -61,6 +73,24 @@ def _values(array: np.ndarray) -> set[int]:
     if array.dtype == np.uint8:
         return set(np.flatnonzero(np.bincount(array.ravel(), minlength=256)).tolist())
     return set()
+
+
+def probabilities_of(array: np.ndarray, path: Path | str) -> np.ndarray:
+    """``array`` as float32 probabilities: float as it is (checked to be in [0, 1]), uint8 /
+    uint16 divided by 255 / 65535 (predict.py's round(255 p)).
+
+    Raises:
+        DataError: float values outside [0, 1], or another dtype.
+    """
+    dtype = array.dtype
+    if dtype.kind == "f":
+        probability = array.astype(np.float32, copy=False)
+        if probability.size and (probability.min() < 0 or probability.max() > 1):
+            raise DataError(f"{path}: probabilities must be in [0, 1]")
+        return probability
+    if dtype in (np.uint8, np.uint16):
+        return array.astype(np.float32) / float(np.iinfo(dtype).max)
+    raise DataError(f"{path}: {dtype} data cannot be probabilities (uint8, uint16 or float)")
 
 
 def load_objects_input(
@@ -102,14 +132,7 @@ def load_objects_input(
                     f"{path}: a mask holds only {{0, 1}} or {{0, 255}}, found {sorted(values)[:8]}"
                 )
         return ObjectsInput(path, kind, voxel, mask=array > 0)
-    if dtype.kind == "f":
-        probability = array.astype(np.float32, copy=False)
-        if probability.size and (probability.min() < 0 or probability.max() > 1):
-            raise DataError(f"{path}: probabilities must be in [0, 1]")
-    elif dtype in (np.uint8, np.uint16):
-        probability = array.astype(np.float32) / float(np.iinfo(dtype).max)
-    else:
-        raise DataError(f"{path}: {dtype} data cannot be probabilities (uint8, uint16 or float)")
+    probability = probabilities_of(array, path)
     return ObjectsInput(
         path, "probabilities", voxel, probability=probability, mask=probability > threshold
     )
