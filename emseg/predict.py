@@ -88,6 +88,42 @@ def _write_objects(
     return outputs.write(labels, table, summary, voxel, bool(cfg.overwrite))
 
 
+def _predict_blockwise_objects(cfg: DictConfig) -> dict[str, Any]:
+    """``output=<store>.zarr instances=true``: the blockwise prediction, then its objects
+    block by block (:func:`emseg.objects.blockwise.instances_blockwise`): labels in
+    ``<store>/instances``, the table ``<store stem>_objects.csv`` beside the store."""
+    from emseg.blockwise.run import predict_blockwise
+    from emseg.objects.blockwise import check_blockwise_settings, instances_blockwise
+    from emseg.objects.outputs import ObjectOutputs
+    from emseg.objects.run import block_settings, instance_settings, measure_settings
+
+    output = Path(str(cfg.output))
+    if "probabilities" not in list(cfg.blockwise.get("arrays", ["probabilities"])):
+        raise ConfigError("instances=true needs the probabilities array: blockwise.arrays")
+    labels = str(cfg.get("instances_output") or f"{output}/instances")
+    outputs = ObjectOutputs(output.with_name(f"{output.stem}_objects.csv"), labels)
+    outputs.check(bool(cfg.overwrite), [Path(str(cfg.input))], "instances")
+    settings, measure = instance_settings(cfg), measure_settings(cfg)
+    check_blockwise_settings(settings, None)  # before any block is predicted
+    result = predict_blockwise(cfg)
+    if not result.get("complete"):
+        return result
+    summary = instances_blockwise(
+        f"{output}/probabilities",
+        "probabilities",
+        float(result["threshold"]),
+        labels,
+        outputs,
+        settings,
+        measure,
+        result.get("voxel_size"),
+        block_settings(cfg, "objects_blockwise"),
+        None,
+        bool(cfg.overwrite),
+    )
+    return {**result, "objects": summary["outputs"], "object_count": summary["count"]}
+
+
 def _check_min_size(pipeline: InferencePipeline, mask_output: Path | None) -> None:
     if int(pipeline.postprocess.min_size) > 0 and mask_output is None:
         source = "the checkpoint's evaluation settings remove" if pipeline.applied else "removes"
@@ -152,14 +188,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         the seconds taken.
     """
     if parse_volume(str(cfg.output))[0] == "zarr":  # one chunked store, written blockwise
-        if cfg.get("instances"):
-            raise ConfigError(
-                "instances=true labels single-process TIFF outputs; for a blockwise store run "
-                f"`measure.py input={cfg.output}/probabilities` after it"
-            )
         from emseg.blockwise.run import predict_blockwise
 
-        return predict_blockwise(cfg)
+        if not cfg.get("instances"):
+            return predict_blockwise(cfg)
+        return _predict_blockwise_objects(cfg)
     if cfg.get("roi") is not None:
         raise ConfigError(
             f"roi: a region of interest is predicted into a Zarr store (output=<store>.zarr); "

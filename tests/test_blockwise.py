@@ -430,3 +430,20 @@ def test_bad_blockwise_runs_are_refused_before_any_block(volume_and_reference, t
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ConfigError, match="another run is writing"):
             run_predict(blockwise_cfg(checkpoint, source, output, "overwrite=true"))
+
+
+def test_instances_of_a_store_equal_those_of_predict_py(volume_and_reference, tmp_path):
+    """output=<store>.zarr instances=true: the objects blockwise, as in memory from the TIFF."""
+    from emseg.objects import label_instances
+
+    checkpoint, source, reference = volume_and_reference
+    output = tmp_path / "out.zarr"
+    extra = ["instances=true", "objects_blockwise.block_shape=[4,32,32]"]
+    extra += ["objects_blockwise.chunks=[2,32,32]"]
+    result = run_predict(blockwise_cfg(checkpoint, source, output, *extra))
+    assert result["complete"] and result["object_count"] > 0
+    labels = zarr.open_group(str(output / "instances"), mode="r")["0"][:]
+    expected = label_instances(reference["probabilities"].astype(np.float32) / 255 > 0.5)
+    np.testing.assert_array_equal(labels, expected)
+    table = (tmp_path / "out_objects.csv").read_text()
+    assert table.count("\n") == int(expected.max()) + 1

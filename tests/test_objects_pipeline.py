@@ -75,5 +75,6 @@ def test_predict_writes_instances_and_table(tmp_path, tiny_checkpoint, synthetic
         )
     assert not (tmp_path / "p2.tif").exists()
     zarr_out = [*overrides[:2], f"output={tmp_path / 'out.zarr'}", "instances=true"]
-    with pytest.raises(ConfigError, match="single-process TIFF"):
-        run_predict(compose_cfg("predict", zarr_out, tmp_path))
+    with pytest.raises(ConfigError, match="objects.split=none"):  # the split is in memory only
+        run_predict(compose_cfg("predict", [*zarr_out, "objects.split=distance"], tmp_path))
+    assert not (tmp_path / "out.zarr").exists()

@@ -354,5 +354,7 @@ def _run(
         "workers": int(settings.workers),
         "threads_per_worker": threads,
         "slices": source.shape[0],
+        "threshold": float(pipeline.threshold),
+        "voxel_size": getattr(source, "voxel_size", None),
         "seconds": outcome.seconds,
     }

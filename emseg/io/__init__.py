@@ -31,6 +31,7 @@ def __getattr__(name: str):
         return getattr(checkpoint, name)
     raise AttributeError(f"module 'emseg.io' has no attribute {name!r}")
 
+
 __all__ = [
     "CheckpointError",
     "VolumeSink",

@@ -43,7 +43,13 @@ import numpy as np
 
 from emseg.errors import ConfigError, DataError
 
-__all__ = ["ObjectBlockSettings", "ObjectsWorker", "instances_blockwise", "uses_blockwise"]
+__all__ = [
+    "ObjectBlockSettings",
+    "ObjectsWorker",
+    "check_blockwise_settings",
+    "instances_blockwise",
+    "uses_blockwise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +326,7 @@ def _input_kind(source: Any, kind: str) -> str:
     return kind
 
 
-def _check_settings(settings: Any, truth: Any) -> None:
+def check_blockwise_settings(settings: Any, truth: Any) -> None:
     if settings.split != "none" or settings.fill_holes:
         raise ConfigError(
             "blockwise instances are the connected components (objects.split=none, "
@@ -506,7 +512,7 @@ def instances_blockwise(
     from emseg.objects.volumes import open_objects_input
 
     import_daisy()
-    _check_settings(settings, truth)
+    check_blockwise_settings(settings, truth)
     start = time.perf_counter()
     with open_objects_input(input_spec) as source:
         kind = _input_kind(source, input_kind)

@@ -178,9 +178,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {**summary, "outputs": written}
 
 
-def block_settings(cfg: DictConfig) -> ObjectBlockSettings:
-    """``cfg.blockwise`` as :class:`ObjectBlockSettings` (defaults when absent)."""
-    node = cfg.get("blockwise")
+def block_settings(cfg: DictConfig, key: str = "blockwise") -> ObjectBlockSettings:
+    """``cfg[key]`` as :class:`ObjectBlockSettings` (defaults when absent)."""
+    node = cfg.get(key)
     return ObjectBlockSettings() if node is None else instantiate(node)
 
 
