@@ -33,6 +33,7 @@ __all__ = [
     "format_block",
     "import_daisy",
     "run_blocks",
+    "serve_blocks",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,30 @@ def format_block(box: Block) -> str:
     """``z 0-15 y 0-2047 x 2048-4095`` (inclusive ranges, the volume's voxels)."""
     z0, z1, y0, y1, x0, x1 = box
     return f"z {z0}-{z1 - 1} y {y0}-{y1 - 1} x {x0}-{x1 - 1}"
+
+
+def serve_blocks(client: Any, process: Callable[[Block], None], what: str = "block") -> None:
+    """A worker's loop: ask ``client`` (a ``daisy.Client``) for blocks until none is left and
+    run ``process(box)`` on each; a block that raises is reported to daisy (which logs it,
+    retries it, then lists it as failed) and the loop goes on with the next one.
+
+    Raises:
+        Exception: the scheduler connection itself failed (no block was acquired).
+    """
+    while True:
+        acquired = False
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    return
+                acquired = True
+                box = block_box(block)
+                start = time.perf_counter()
+                process(box)
+                log.info("%s %s in %.2f s", what, format_block(box), time.perf_counter() - start)
+        except Exception:
+            if not acquired:
+                raise
 
 
 def run_blocks(

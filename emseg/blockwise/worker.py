@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.blockwise.engine import block_box, format_block
+from emseg.blockwise.engine import serve_blocks
 from emseg.blockwise.plan import Block
 from emseg.io.encoding import probabilities_as
 from emseg.io.prediction_store import PredictionStore
@@ -176,22 +176,11 @@ class BlockWorker:
         pipeline = build_pipeline(OmegaConf.create(dict(self.config)))
         store = open_prediction_store(self.output)
         with open_volume(self.input) as source:
-            while True:
-                acquired = False
-                try:
-                    with client.acquire_block() as block:
-                        if block is None:
-                            break
-                        acquired = True
-                        box = block_box(block)
-                        start = time.perf_counter()
-                        predict_block(pipeline, source, store, box, self.dtype, self.origin)
-                        seconds = time.perf_counter() - start
-                        log.info("block %s written in %.2f s", format_block(box), seconds)
-                except Exception:
-                    if not acquired:  # the scheduler connection itself failed
-                        raise
-                    # daisy logged the traceback and counts the failure; next block
+
+            def process(box: Block) -> None:
+                predict_block(pipeline, source, store, box, self.dtype, self.origin)
+
+            serve_blocks(client, process, "block")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         log.info("no block left; peak RSS of this worker %.0f MiB", peak)
 

@@ -180,7 +180,7 @@ class ObjectsWorker:
         import daisy
         import zarr
 
-        from emseg.blockwise.engine import block_box, format_block
+        from emseg.blockwise.engine import serve_blocks
         from emseg.blockwise.worker import exit_when_orphaned
         from emseg.objects.volumes import open_objects_input
 
@@ -199,26 +199,7 @@ class ObjectsWorker:
                 self._cache["merged"] = {k: merged[k] for k in merged.files}
         with open_objects_input(str(self.job["input"])) as source:
             self._cache["source"] = source
-            while True:
-                acquired = False
-                try:
-                    with client.acquire_block() as block:
-                        if block is None:
-                            break
-                        acquired = True
-                        box = block_box(block)
-                        start = time.perf_counter()
-                        getattr(self, f"_{self.phase}")(box)
-                        log.info(
-                            "%s %s in %.2f s",
-                            self.phase,
-                            format_block(box),
-                            time.perf_counter() - start,
-                        )
-                except Exception:
-                    if not acquired:
-                        raise
-                    # daisy logged the traceback and counts the failure; next block
+            serve_blocks(client, getattr(self, f"_{self.phase}"), self.phase)
 
     def _label(self, box: Sequence[int]) -> None:
         from emseg.objects.blocks import label_block
@@ -296,25 +277,17 @@ def _input_kind(source: Any, kind: str) -> str:
     """``mask`` or ``probabilities`` without reading the whole volume (uint8 ``auto``: the
     values of the first, middle and last slices decide, as :func:`load_objects_input` does on
     the whole volume); instance labels are refused."""
+    from emseg.objects.volumes import kind_of
+
     dtype = np.dtype(source.dtype)
     if kind == "auto":
-        if dtype == np.bool_:
-            kind = "mask"
-        elif dtype.kind == "f":
-            kind = "probabilities"
-        elif dtype == np.uint8:
-            depth = source.shape[0]
-            values: set[int] = set()
+        depth, values = source.shape[0], set()
+        if dtype == np.uint8:
             for z in sorted({0, depth // 2, depth - 1}):
-                values |= set(
-                    np.flatnonzero(np.bincount(source[z].ravel(), minlength=256)).tolist()
-                )
-            kind = "mask" if values <= {0, 1} or values <= {0, 255} else "probabilities"
-            log.info(
-                "%s: uint8 read as a %s (input_kind=auto; set it to be sure)", source.path, kind
-            )
-        else:
-            kind = "labels"
+                values |= set(np.flatnonzero(np.bincount(source[z].ravel(), minlength=256)))
+        kind = kind_of(dtype, values)
+        if dtype == np.uint8:
+            log.info("%s: uint8 read as %s (input_kind=auto; set it to be sure)", source.path, kind)
     if kind == "labels":
         raise ConfigError(
             f"input: {source.path} holds instance labels ({dtype}); measuring given labels "

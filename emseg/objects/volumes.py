@@ -25,6 +25,7 @@ from emseg.io.source import VolumeSource
 __all__ = [
     "KINDS",
     "ObjectsInput",
+    "kind_of",
     "load_objects_input",
     "open_objects_input",
     "probabilities_of",
@@ -93,6 +94,20 @@ def probabilities_of(array: np.ndarray, path: Path | str) -> np.ndarray:
     raise DataError(f"{path}: {dtype} data cannot be probabilities (uint8, uint16 or float)")
 
 
+def kind_of(dtype: np.dtype, uint8_values: set[int]) -> str:
+    """What ``input_kind=auto`` reads a volume as: bool -> mask, float -> probabilities, uint8
+    -> mask if its ``uint8_values`` are {0, 1} or {0, 255} else probabilities, other integers
+    -> labels."""
+    if dtype == np.bool_:
+        return "mask"
+    if dtype.kind == "f":
+        return "probabilities"
+    if dtype == np.uint8:
+        values = {int(v) for v in uint8_values}
+        return "mask" if values <= {0, 1} or values <= {0, 255} else "probabilities"
+    return "labels"
+
+
 def load_objects_input(
     spec: str, kind: str = "auto", threshold: float = 0.5, key: str = "input"
 ) -> ObjectsInput:
@@ -108,15 +123,7 @@ def load_objects_input(
     array, path, voxel = _read(spec)
     dtype = array.dtype
     if kind == "auto":
-        if dtype == np.bool_:
-            kind = "mask"
-        elif dtype.kind == "f":
-            kind = "probabilities"
-        elif dtype == np.uint8:
-            values = _values(array)
-            kind = "mask" if values <= {0, 1} or values <= {0, 255} else "probabilities"
-        else:
-            kind = "labels"
+        kind = kind_of(dtype, _values(array) if dtype == np.uint8 else set())
     if kind == "labels":
         if dtype.kind == "f":
             raise DataError(f"{path}: instance ids must be integers, got {dtype} values")
