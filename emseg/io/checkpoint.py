@@ -48,7 +48,10 @@ def read_checkpoint(
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
     except Exception as err:  # zip, pickle and unpickling-policy errors all mean "unreadable"
         reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-        if isinstance(err, pickle.UnpicklingError):  # torch's message suggests unsafe loading
+        # torch's UnpicklingError message suggests unsafe loading; a file that is not a zip is
+        # read by the legacy unpickler, whose errors on junk bytes (IndexError, EOFError, ...)
+        # depend on the bytes: both mean the same to the user.
+        if isinstance(err, pickle.UnpicklingError) or not mmap:
             reason = "corrupt, or holds objects other than tensors and plain data"
         raise CheckpointError(
             f"{label}: {path} is not a readable PyTorch checkpoint ({reason})"
