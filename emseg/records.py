@@ -102,8 +102,11 @@ def run_hparams(cfg: DictConfig, precision: str) -> dict[str, Any]:
     }
 
 
-HPARAM_METRICS = [f"{stage}/{name}" for stage in ("val", "test") for name in segmentation_metrics()]
-"""The metric columns of the hparams tab: every metric the module logs, per evaluated split."""
+HPARAM_METRICS = [
+    f"{stage}/{name}" for stage in ("val", "test") for name in segmentation_metrics()
+] + [f"test/instance_{name}" for name in ("ap", "ap50", "f1", "n_pred")]
+"""The metric columns of the hparams tab: every pixel metric the module logs, per evaluated
+split, and the main instance metrics of :class:`emseg.callbacks.InstanceMetricsAtTest`."""
 
 
 def log_hparams(logger: TensorBoardLogger, hparams: dict[str, Any]) -> None:
