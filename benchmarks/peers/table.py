@@ -1,0 +1,122 @@
+"""The peer benchmark's table and plot from each peer's result.json (issue 19).
+
+    python benchmarks/peers/table.py <results_root> --out experiments/peers
+reads ``<results_root>/<peer>/result.json`` (written by each ``benchmarks/peers/<peer>/run.sh``,
+fields in benchmarks/peers/common.py) and writes ``table.md`` (one row per peer: test fg IoU,
+mean IoU, Dice, training time, iterations and seconds per iteration, prediction time, peak
+RSS of training and prediction, CPU), ``results.json`` (the rows) and ``fg_iou_vs_time.png``
+(test fg IoU against training wall time: each peer's snapshots and its final model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+PEERS = ("emseg", "nnunet", "biapy")
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def row(result: dict[str, Any]) -> dict[str, Any]:
+    """One table row of a peer's result.json."""
+    score = result.get("score") or {}
+    train, predict = result.get("train") or {}, result.get("predict") or {}
+    return {
+        "peer": result["peer"],
+        "fg_iou": score.get("fg_iou"),
+        "mean_iou": score.get("mean_iou"),
+        "dice": score.get("dice"),
+        "train_s": result.get("train_s"),
+        "iterations": result.get("iterations"),
+        "s_per_iteration": result.get("s_per_iteration"),
+        "predict_s": predict.get("wall_s"),
+        "train_peak_rss_mb": train.get("peak_rss_mb"),
+        "predict_peak_rss_mb": predict.get("peak_rss_mb"),
+        "cpu": result.get("cpu"),
+        "curve": curve(result),
+    }
+
+
+def curve(result: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(training seconds, test fg IoU)`` of the snapshots and the final model, in time order."""
+    points = [
+        (s["train_s"], s["score"]["fg_iou"])
+        for s in result.get("snapshots") or []
+        if s.get("train_s") is not None and (s.get("score") or {}).get("fg_iou") is not None
+    ]
+    final = (result.get("score") or {}).get("fg_iou")
+    if final is not None and result.get("train_s") is not None:
+        points.append((result["train_s"], final))
+    return sorted(set(points))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| peer | test fg IoU | mean IoU | Dice | train (min) | iterations | s / iteration | "
+        "predict (min) | peak RSS train / predict (GB) | CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        rss = "/".join(
+            "–" if r[k] is None else f"{r[k] / 1024:.1f}"
+            for k in ("train_peak_rss_mb", "predict_peak_rss_mb")
+        )
+        lines.append(
+            f"| {r['peer']} | {_fmt(r['fg_iou'])} | {_fmt(r['mean_iou'])} | {_fmt(r['dice'])} | "
+            f"{_minutes(r['train_s'])} | {_fmt(r['iterations'], '.0f')} | "
+            f"{_fmt(r['s_per_iteration'], '.2f')} | {_minutes(r['predict_s'])} | {rss} | "
+            f"{r['cpu']} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for r in rows:
+        if r["curve"]:
+            minutes = [t / 60 for t, _ in r["curve"]]
+            axes.plot(minutes, [v for _, v in r["curve"]], marker="o", label=r["peer"])
+    axes.set_xlabel("training wall time (min)")
+    axes.set_ylabel("test fg IoU (Lucchi++ labels)")
+    axes.set_title("Lucchi++ test volume, same 2-core CPU, 2 h budget")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_root", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("experiments/peers"))
+    args = parser.parse_args()
+    rows = [
+        row(json.loads((args.results_root / peer / "result.json").read_text()))
+        for peer in PEERS
+        if (args.results_root / peer / "result.json").exists()
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(markdown(rows))
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out / "fg_iou_vs_time.png")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
