@@ -16,7 +16,7 @@ commas = $(subst $(space),$(comma),$(strip $(1)))
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
 	reproduce-report report bench quality quality-snapshots quality-val quality-ablations \
-	quality-report gpu-stage gpu-check gpu-eval
+	quality-report gpu-stage gpu-check gpu-eval peers peers-table
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
 # BUDGET=full (the report's 25 x 60 steps, meant for a GPU). Runs live in a fixed directory so
@@ -158,6 +158,19 @@ gpu-eval: data ## the GPU-trained weights in $(GPU_RESULTS): reassemble, choose 
 		--data-dir data --choose-settings
 	$(PY) eval.py ckpt_path=$(GPU_EVAL)/gpu.ckpt data=epfl $(LUCCHIPP_TOO) \
 		hydra.run.dir=$(GPU_EVAL)/eval $(ARGS)
+
+# The peer benchmark (issue 19): each peer in its own venv under .peers/, trained on Lucchi++ for
+# PEER_BUDGET_S seconds, its own prediction of the test volume scored by eval.py; resumable
+# (every step is skipped when its output exists). One peer at a time: they share the 2 cores.
+PEERS ?= emseg nnunet biapy
+PEER_RUNS ?= outputs/peers
+PEER_BUDGET_S ?= 7200
+peers: data ## Lucchi++ peer benchmark: PEERS="emseg nnunet biapy", PEER_BUDGET_S=7200 of training each, into outputs/peers/<peer>; then peers-table
+	for peer in $(PEERS); do BUDGET_S=$(PEER_BUDGET_S) bash benchmarks/peers/$$peer/run.sh $(PEER_RUNS)/$$peer || exit 1; done
+	$(MAKE) peers-table
+
+peers-table: $(STAMP) ## table + plot of outputs/peers/*/result.json -> experiments/peers
+	$(PY) benchmarks/peers/table.py $(PEER_RUNS) --out experiments/peers
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all

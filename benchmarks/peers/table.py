@@ -26,8 +26,39 @@ def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def normalise(result: dict[str, Any]) -> dict[str, Any]:
+    """A result.json in emseg's fields (benchmarks/peers/emseg/result.py), whichever peer wrote it.
+
+    The peers' scripts name their fields for their tools (BiaPy: ``train_seconds``,
+    ``metrics``, ``snapshots`` as a mapping, flat peak RSS values); this maps them.
+    """
+    if "score" in result:
+        return result
+    snapshots = result.get("snapshots") or {}
+    if isinstance(snapshots, dict):
+        snapshots = [{"name": name, **value} for name, value in snapshots.items()]
+    return {
+        "peer": result["peer"],
+        "score": result.get("metrics"),
+        "train_s": result.get("train_seconds"),
+        "iterations": result.get("iterations_done"),
+        "s_per_iteration": result.get("seconds_per_iteration"),
+        "train": {"peak_rss_mb": result.get("train_peak_rss_mb")},
+        "predict": {
+            "wall_s": result.get("predict_seconds"),
+            "peak_rss_mb": result.get("predict_peak_rss_mb"),
+        },
+        "snapshots": [
+            {"name": s["name"], "train_s": s.get("train_seconds"), "score": s.get("metrics")}
+            for s in snapshots
+        ],
+        "cpu": result.get("cpu_model") or result.get("cpu"),
+    }
+
+
 def row(result: dict[str, Any]) -> dict[str, Any]:
     """One table row of a peer's result.json."""
+    result = normalise(result)
     score = result.get("score") or {}
     train, predict = result.get("train") or {}, result.get("predict") or {}
     return {
