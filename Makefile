@@ -169,7 +169,7 @@ peers: data ## Lucchi++ peer benchmark: PEERS="emseg nnunet biapy", PEER_BUDGET_
 	for peer in $(PEERS); do BUDGET_S=$(PEER_BUDGET_S) bash benchmarks/peers/$$peer/run.sh $(PEER_RUNS)/$$peer || exit 1; done
 	$(MAKE) peers-table
 
-peers-table: $(STAMP) ## table + plot of outputs/peers/*/result.json -> experiments/peers
+peers-table: $(STAMP) ## table + plot: outputs/peers/*/result.json copied to experiments/peers/runs/, every record there -> experiments/peers
 	$(PY) benchmarks/peers/table.py $(PEER_RUNS) --out experiments/peers
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/

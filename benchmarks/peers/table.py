@@ -1,17 +1,22 @@
 """The peer benchmark's table and plot from each peer's result.json (issue 19).
 
     python benchmarks/peers/table.py <results_root> --out experiments/peers
-reads ``<results_root>/<peer>/result.json`` (written by each ``benchmarks/peers/<peer>/run.sh``,
-fields in benchmarks/peers/common.py) and writes ``table.md`` (one row per peer: test fg IoU,
-mean IoU, Dice, training time, iterations and seconds per iteration, prediction time, peak
-RSS of training and prediction, CPU), ``results.json`` (the rows) and ``fg_iou_vs_time.png``
-(test fg IoU against training wall time: each peer's snapshots and its final model).
+
+Each peer's run is done in a different session (one 2 h run fits in a session, and nothing
+under outputs/ outlives it), so the table is built from committed records:
+``<results_root>/<peer>/result.json`` (written by ``benchmarks/peers/<peer>/run.sh``, fields in
+benchmarks/peers/common.py), where present, is first copied to ``<out>/runs/<peer>.json``; then
+every ``<out>/runs/<peer>.json`` makes one row. Writes ``table.md`` (per peer: test fg IoU,
+mean IoU, Dice, training time, iterations and seconds per iteration, test-time augmentation,
+prediction time, peak RSS of training and prediction, CPU), ``results.json`` (the rows) and
+``fg_iou_vs_time.png`` (test fg IoU against training wall time: snapshots and final model).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ def normalise(result: dict[str, Any]) -> dict[str, Any]:
     """
     if "score" in result:
         return result
+    summary = (result.get("config") or {}).get("summary") or {}
     snapshots = result.get("snapshots") or {}
     if isinstance(snapshots, dict):
         snapshots = [{"name": name, **value} for name, value in snapshots.items()]
@@ -53,7 +59,21 @@ def normalise(result: dict[str, Any]) -> dict[str, Any]:
             for s in snapshots
         ],
         "cpu": result.get("cpu_model") or result.get("cpu"),
+        "tta": "8-way" if summary.get("test_tta") else "none" if "test_tta" in summary else None,
     }
+
+
+def test_time_augmentation(result: dict[str, Any]) -> str | None:
+    """What the scored prediction averaged over: emseg's chosen flips, nnU-Net's mirroring."""
+    if "tta" in result:  # normalise() filled it in (BiaPy)
+        return result["tta"]
+    evaluation = result.get("evaluation") or {}
+    if "inference" in evaluation:  # emseg: chosen on validation
+        return f"{evaluation['inference'].get('tta') or 'none'} (chosen on val)"
+    final = result.get("final") or {}
+    if "mirroring" in final:  # nnU-Net; None: run before run.sh recorded its flags (mirrored)
+        return "none (--disable_tta)" if final["mirroring"] is False else "mirroring (4)"
+    return None
 
 
 def row(result: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +89,7 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "train_s": result.get("train_s"),
         "iterations": result.get("iterations"),
         "s_per_iteration": result.get("s_per_iteration"),
+        "tta": test_time_augmentation(result),
         "predict_s": predict.get("wall_s"),
         "train_peak_rss_mb": train.get("peak_rss_mb"),
         "predict_peak_rss_mb": predict.get("peak_rss_mb"),
@@ -93,8 +114,8 @@ def curve(result: dict[str, Any]) -> list[tuple[float, float]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| peer | test fg IoU | mean IoU | Dice | train (min) | iterations | s / iteration | "
-        "predict (min) | peak RSS train / predict (GB) | CPU |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "test-time aug. | predict (min) | peak RSS train / predict (GB) | CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -105,7 +126,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['peer']} | {_fmt(r['fg_iou'])} | {_fmt(r['mean_iou'])} | {_fmt(r['dice'])} | "
             f"{_minutes(r['train_s'])} | {_fmt(r['iterations'], '.0f')} | "
-            f"{_fmt(r['s_per_iteration'], '.2f')} | {_minutes(r['predict_s'])} | {rss} | "
+            f"{_fmt(r['s_per_iteration'], '.2f')} | {r['tta'] or '–'} | "
+            f"{_minutes(r['predict_s'])} | {rss} | "
             f"{r['cpu']} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -137,12 +159,17 @@ def main() -> None:
     parser.add_argument("results_root", type=Path)
     parser.add_argument("--out", type=Path, default=Path("experiments/peers"))
     args = parser.parse_args()
+    records = args.out / "runs"
+    records.mkdir(parents=True, exist_ok=True)
+    for peer in PEERS:
+        fresh = args.results_root / peer / "result.json"
+        if fresh.exists():
+            shutil.copyfile(fresh, records / f"{peer}.json")
     rows = [
-        row(json.loads((args.results_root / peer / "result.json").read_text()))
+        row(json.loads((records / f"{peer}.json").read_text()))
         for peer in PEERS
-        if (args.results_root / peer / "result.json").exists()
+        if (records / f"{peer}.json").exists()
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(markdown(rows))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.out / "fg_iou_vs_time.png")

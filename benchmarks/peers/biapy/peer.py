@@ -43,9 +43,18 @@ JOB_ID = f"{JOB_NAME}_{RUN_ID}"  # BiaPy's job identifier: <name>_<run_id>
 # config
 # ----------------------------------------------------------------------------------------------
 def make_config(
-    recipe: Path, data: Path, out: Path, phase: str, ckpt: Path | None, num_cpus: int, smoke: bool
+    recipe: Path,
+    data: Path,
+    out: Path,
+    phase: str,
+    ckpt: Path | None,
+    num_cpus: int,
+    smoke: bool,
+    tta: bool = True,
 ) -> dict:
-    """The recipe with this run's paths, CPU settings and phase; nothing else changes."""
+    """The recipe with this run's paths, CPU settings and phase; nothing else changes, except
+    that ``tta=False`` turns the recipe's 8-way test-time augmentation off (TEST.AUGMENTATION:
+    run.sh's TTA=0, for a session that cannot hold 2 h of training and an 8-way test phase)."""
     import yaml
 
     cfg = yaml.safe_load(recipe.read_text())
@@ -63,6 +72,8 @@ def make_config(
         cfg["TRAIN"]["ENABLE"] = False
         cfg["MODEL"]["LOAD_CHECKPOINT"] = True
         cfg.setdefault("PATHS", {})["CHECKPOINT_FILE"] = str(ckpt)
+        if not tta:
+            cfg["TEST"]["AUGMENTATION"] = False
     else:
         raise SystemExit(f"unknown phase {phase}")
     if smoke:
@@ -636,6 +647,9 @@ def main() -> None:
     c.add_argument("--ckpt", type=Path)
     c.add_argument("--num-cpus", type=int, default=int(os.environ.get("BIAPY_NUM_CPUS", "-1")))
     c.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE") == "1")
+    c.add_argument(
+        "--no-tta", dest="tta", action="store_false", default=os.environ.get("TTA", "1") != "0"
+    )
     t = sub.add_parser("train")
     t.add_argument("--config", type=Path, required=True)
     t.add_argument("--job-dir", type=Path, required=True)
@@ -652,7 +666,7 @@ def main() -> None:
     s.add_argument("--out-dir", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "config":
-        make_config(a.recipe, a.data, a.out, a.phase, a.ckpt, a.num_cpus, a.smoke)
+        make_config(a.recipe, a.data, a.out, a.phase, a.ckpt, a.num_cpus, a.smoke, a.tta)
     elif a.cmd == "train":
         snaps = [float(x) for x in a.snapshots.replace(" ", "").split(",") if x]
         train(a.config, a.job_dir, a.budget, snaps, a.out)

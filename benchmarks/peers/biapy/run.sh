@@ -13,6 +13,9 @@
 #   SMOKE=1      tiny crop of the volumes (8 x 256 x 384) and a 180 s budget: a pipeline check
 #   PREDICT_SNAPSHOTS=0  predict + score the final model only (each BiaPy test phase on the full
 #                test volume costs hours on this CPU: 8-way TTA over ~48 patches per slice)
+#   TTA=0        predict without the recipe's 8-way TTA (TEST.AUGMENTATION false; the test
+#                config and result.json's config.summary.test_tta record it): for a session that
+#                cannot hold 2 h of training and an 8-way test phase
 #   BIAPY_NUM_CPUS  BiaPy's SYSTEM.NUM_CPUS (default -1: all cores; SMOKE=1: 1)
 #   BIAPY_VENV   the peer's venv (default <repo>/.peers/biapy/venv)
 # Resumable: each step is skipped when its output exists (install: stamp; prepare: stamp;

@@ -1,4 +1,4 @@
-"""Gather one nnU-Net peer run into OUT/result.json (and OUT/iou_vs_time.png).
+"""Gather one nnU-Net peer run into OUT/result.json (benchmarks/peers/table.py plots it).
 
     python result.py OUT
 
@@ -49,43 +49,27 @@ def _tree(path: Path) -> dict | None:
     return {k: record.get(k) for k in TREE_KEYS} if record else None
 
 
+def _predict_flags(out: Path, tag: str) -> list[str] | None:
+    """The extra nnUNetv2_predict flags run.sh used for ``tag`` (``None``: not recorded)."""
+    path = out / "predict" / tag / "predict_flags.txt"
+    return path.read_text().split() if path.exists() else None
+
+
 def _checkpoint(out: Path, tag: str, train_s, iterations) -> dict:
     conv = _load(out / "predict" / tag / "prediction.json") or {}
+    flags = _predict_flags(out, tag)
     return {
         "name": tag,
         "train_s": train_s,
         "iterations": iterations,
+        "predict_flags": flags,
+        "mirroring": None if flags is None else "--disable_tta" not in flags,
         "predict": gnu_time(out / "predict" / tag / "time.txt"),
         "predict_tree": _tree(out / "predict" / tag / "resources.json"),
         "prediction": conv.get("prediction"),
         "prediction_kind": conv.get("kind"),
         "score": score(out / "eval" / tag),
     }
-
-
-def plot(points: list[dict], path: Path) -> None:
-    pts = sorted(
-        (p["train_s"], p["score"]["fg_iou"])
-        for p in points
-        if p.get("train_s") is not None and (p.get("score") or {}).get("fg_iou") is not None
-    )
-    if not pts:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([t / 60 for t, _ in pts], [v for _, v in pts], "o-", label="nnU-Net v2 (2d)")
-    ax.set_xlabel("training wall time (min)")
-    ax.set_ylabel("test fg IoU")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(out: Path) -> Path:
@@ -111,7 +95,8 @@ def main(out: Path) -> Path:
         "recipe": "nnUNetv2 default plans (ExperimentPlanner), configuration 2d, fold all, "
         "nnUNetTrainer stopped by wall clock (nnUNetTrainer_WallClock), -device cpu; "
         "nnUNetv2_predict defaults (sliding window step 0.5, Gaussian, mirroring) + "
-        "--save_probabilities",
+        "--save_probabilities; TTA=0 adds --disable_tta (final.predict_flags says "
+        "which)",
         "fold": "all: trained on the whole training volume (nnU-Net's per-epoch validation "
         "batches are drawn from it too; its post-training validation is skipped)",
         "dataset": prep.get("dataset"),
@@ -147,7 +132,6 @@ def main(out: Path) -> Path:
         "mirroring, export of the probabilities).",
     }
     path = write_result(out, result)
-    plot([final, *snapshots], out / "iou_vs_time.png")
     summary = {k: result[k] for k in ("train_s", "iterations", "s_per_iteration")}
     summary["predict_s"] = (result["predict"] or {}).get("wall_s")
     summary["score"] = result["score"]

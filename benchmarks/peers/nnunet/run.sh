@@ -17,6 +17,9 @@
 #   PREDICT_SNAPSHOTS  1 (default): predict + score each snapshot too; 0: the final checkpoint only
 #   PROBABILITIES  1 (default): nnUNetv2_predict --save_probabilities, scored as uint8
 #                  round(255 p); 0: its default label map, scored as a 0 / 255 mask
+#   TTA            1 (default): nnU-Net's default test-time mirroring; 0: nnUNetv2_predict
+#                  --disable_tta (4 x fewer forward passes; predict_flags.txt records which),
+#                  for a session that cannot hold 2 h of training and a mirrored prediction
 #   nnUNet_n_proc_DA  nnU-Net's own knob for its augmentation workers (default min(12, cores))
 set -euo pipefail
 
@@ -87,8 +90,9 @@ log "trained: $(json "$OUT/wallclock.json" "d['iterations'], 'iterations in', d[
 # 5. score with emseg's eval.py, the final checkpoint first, then each snapshot.
 TAGS=(final)
 [[ ${PREDICT_SNAPSHOTS:-1} == 1 ]] && TAGS+=($("$PY" -c "import json,sys; print(' '.join(s['checkpoint'][len('checkpoint_'):-len('.pth')] for s in json.load(open(sys.argv[1]))['snapshots']))" "$OUT/wallclock.json"))
-PROB_FLAG=
-[[ $PROBABILITIES == 1 ]] && PROB_FLAG=--save_probabilities
+PREDICT_FLAGS=()
+[[ $PROBABILITIES == 1 ]] && PREDICT_FLAGS+=(--save_probabilities)
+[[ ${TTA:-1} == 0 ]] && PREDICT_FLAGS+=(--disable_tta)
 for TAG in "${TAGS[@]}"; do
     CKPT=checkpoint_$TAG.pth
     PDIR=$OUT/predict/$TAG
@@ -98,8 +102,9 @@ for TAG in "${TAGS[@]}"; do
         log "predict $CKPT (log: $OUT/logs/predict_$TAG.log)"
         "$PY" "$HERE/measure.py" "$PDIR/resources.json.part" -- /usr/bin/time -v -o "$PDIR/time.txt" \
             "$PY" "$HERE/nnunet_cli.py" predict -i "$IMAGES_TS" -o "$PDIR/nnunet" -d "$DATASET_ID" \
-            -c 2d -f all -tr "$TRAINER" -chk "$CKPT" -device cpu $PROB_FLAG \
+            -c 2d -f all -tr "$TRAINER" -chk "$CKPT" -device cpu "${PREDICT_FLAGS[@]}" \
             >"$OUT/logs/predict_$TAG.log" 2>&1 || { tail -40 "$OUT/logs/predict_$TAG.log"; exit 1; }
+        echo "${PREDICT_FLAGS[*]}" >"$PDIR/predict_flags.txt" # result.py records them
         # shellcheck disable=SC2086
         "$PY" "$HERE/to_tif.py" "$PDIR/nnunet" "$TEST_CASE" "$PDIR/prediction.tif" --shape $TEST_SHAPE \
             >>"$OUT/logs/predict_$TAG.log" 2>&1
@@ -117,6 +122,6 @@ for TAG in "${TAGS[@]}"; do
     fi
 done
 
-# 6. result.json (+ iou_vs_time.png)
+# 6. result.json
 "$PY" "$HERE/result.py" "$OUT"
 log "done: $OUT/result.json"
