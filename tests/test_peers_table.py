@@ -1,0 +1,101 @@
+"""benchmarks/peers/table.py: one row per peer from the result.json files of three different
+tools (each run in its own session), the committed records kept when a peer's run is gone, and
+the test-time augmentation each scored prediction used named in the table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.peers import table
+
+EMSEG = {
+    "peer": "emseg",
+    "evaluation": {"inference": {"border_pad": 0, "tta": "flips"}, "threshold": 0.5},
+    "train_s": 3480.0,
+    "iterations": 3200,
+    "s_per_iteration": 1.09,
+    "train": {"peak_rss_mb": 2760.0},
+    "predict": {"wall_s": 687.0, "peak_rss_mb": 1730.0},
+    "score": {"fg_iou": 0.8729, "mean_iou": 0.9317, "dice": 0.9321},
+    "snapshots": [{"name": "snapshot-epoch007", "train_s": 1620.0, "score": {"fg_iou": 0.278}}],
+    "cpu": "Xeon (amx_bf16)",
+}
+NNUNET = {
+    "peer": "nnunet",
+    "train_s": 7200.0,
+    "iterations": 105,
+    "s_per_iteration": 68.4,
+    "train": {"peak_rss_mb": 10854.0},
+    "predict": {"wall_s": 720.0, "peak_rss_mb": 6000.0},
+    "score": {"fg_iou": 0.41, "mean_iou": 0.69, "dice": 0.58},
+    "final": {"name": "final", "mirroring": False, "predict_flags": ["--disable_tta"]},
+    "snapshots": [],
+    "cpu": "EPYC (avx512_bf16)",
+}
+# BiaPy's summarize writes its own field names; table.normalise maps them.
+BIAPY = {
+    "peer": "biapy",
+    "config": {"summary": {"test_tta": True}},
+    "train_seconds": 7200.0,
+    "iterations_done": 5300,
+    "seconds_per_iteration": 1.34,
+    "train_peak_rss_mb": 2600.0,
+    "predict_seconds": 4000.0,
+    "predict_peak_rss_mb": 3000.0,
+    "metrics": {"fg_iou": 0.80, "mean_iou": 0.89, "dice": 0.88},
+    "snapshots": {"snap_1800s": {"train_seconds": 1800.0, "metrics": {"fg_iou": 0.6}}},
+    "cpu_model": "EPYC",
+}
+
+
+def _write(root: Path, result: dict) -> None:
+    (root / result["peer"]).mkdir(parents=True, exist_ok=True)
+    (root / result["peer"] / "result.json").write_text(json.dumps(result))
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, runs: Path, out: Path) -> list[dict]:
+    monkeypatch.setattr(sys, "argv", ["table.py", str(runs), "--out", str(out)])
+    table.main()
+    return json.loads((out / "results.json").read_text())
+
+
+def test_rows_of_three_tools_with_their_test_time_augmentation(tmp_path, monkeypatch):
+    runs, out = tmp_path / "outputs", tmp_path / "experiments"
+    for result in (EMSEG, NNUNET, BIAPY):
+        _write(runs, result)
+    rows = {r["peer"]: r for r in _run(monkeypatch, runs, out)}
+    assert list(rows) == ["emseg", "nnunet", "biapy"]
+    assert rows["biapy"]["fg_iou"] == 0.80 and rows["biapy"]["iterations"] == 5300
+    assert rows["biapy"]["curve"] == [[1800.0, 0.6], [7200.0, 0.80]]
+    assert rows["emseg"]["curve"] == [[1620.0, 0.278], [3480.0, 0.8729]]
+    assert rows["emseg"]["tta"] == "flips (chosen on val)"
+    assert rows["nnunet"]["tta"] == "none (--disable_tta)"
+    assert rows["biapy"]["tta"] == "8-way"
+    text = (out / "table.md").read_text()
+    assert "| nnunet | 0.4100 |" in text and "none (--disable_tta)" in text
+    assert (out / "fg_iou_vs_time.png").stat().st_size > 0
+
+
+def test_a_peer_run_from_an_earlier_session_is_kept_from_its_record(tmp_path, monkeypatch):
+    runs, out = tmp_path / "outputs", tmp_path / "experiments"
+    _write(runs, EMSEG)
+    _run(monkeypatch, runs, out)
+    assert json.loads((out / "runs" / "emseg.json").read_text()) == EMSEG
+
+    # Next session: only nnU-Net's run directory exists; emseg's row comes from its record.
+    (runs / "emseg" / "result.json").unlink()
+    _write(runs, NNUNET)
+    rows = _run(monkeypatch, runs, out)
+    assert [r["peer"] for r in rows] == ["emseg", "nnunet"]
+    assert rows[0]["fg_iou"] == EMSEG["score"]["fg_iou"]
+
+
+def test_mirrored_nnunet_prediction_is_named_so():
+    mirrored = {**NNUNET, "final": {"name": "final", "mirroring": True}}
+    assert table.row(mirrored)["tta"] == "mirroring (4)"
+    # An nnU-Net run from before run.sh recorded its flags predicted with mirroring.
+    assert table.row({**NNUNET, "final": {"mirroring": None}})["tta"] == "mirroring (4)"
