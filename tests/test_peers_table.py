@@ -36,19 +36,17 @@ NNUNET = {
     "snapshots": [],
     "cpu": "EPYC (avx512_bf16)",
 }
-# BiaPy's summarize writes its own field names; table.normalise maps them.
 BIAPY = {
     "peer": "biapy",
     "config": {"summary": {"test_tta": True}},
-    "train_seconds": 7200.0,
-    "iterations_done": 5300,
-    "seconds_per_iteration": 1.34,
-    "train_peak_rss_mb": 2600.0,
-    "predict_seconds": 4000.0,
-    "predict_peak_rss_mb": 3000.0,
-    "metrics": {"fg_iou": 0.80, "mean_iou": 0.89, "dice": 0.88},
-    "snapshots": {"snap_1800s": {"train_seconds": 1800.0, "metrics": {"fg_iou": 0.6}}},
-    "cpu_model": "EPYC",
+    "train_s": 7200.0,
+    "iterations": 5300,
+    "s_per_iteration": 1.34,
+    "train": {"peak_rss_mb": 2600.0},
+    "predict": {"wall_s": 4000.0, "peak_rss_mb": 3000.0},
+    "score": {"fg_iou": 0.80, "mean_iou": 0.89, "dice": 0.88},
+    "snapshots": [{"name": "snap_1800s", "train_s": 1800.0, "score": {"fg_iou": 0.6}}],
+    "cpu": "EPYC",
 }
 
 
@@ -94,7 +92,8 @@ def test_a_peer_run_from_an_earlier_session_is_kept_from_its_record(tmp_path, mo
     assert rows[0]["fg_iou"] == EMSEG["score"]["fg_iou"]
 
 
-def test_mirrored_nnunet_prediction_is_named_so():
+def test_each_tools_own_test_time_augmentation_record_is_read():
+    assert table.row({**BIAPY, "config": {"summary": {"test_tta": False}}})["tta"] == "none"
     mirrored = {**NNUNET, "final": {"name": "final", "mirroring": True}}
     assert table.row(mirrored)["tta"] == "mirroring (4)"
     # An nnU-Net run from before run.sh recorded its flags predicted with mirroring.

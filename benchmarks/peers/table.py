@@ -31,42 +31,12 @@ def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def normalise(result: dict[str, Any]) -> dict[str, Any]:
-    """A result.json in emseg's fields (benchmarks/peers/emseg/result.py), whichever peer wrote it.
-
-    The peers' scripts name their fields for their tools (BiaPy: ``train_seconds``,
-    ``metrics``, ``snapshots`` as a mapping, flat peak RSS values); this maps them.
-    """
-    if "score" in result:
-        return result
-    summary = (result.get("config") or {}).get("summary") or {}
-    snapshots = result.get("snapshots") or {}
-    if isinstance(snapshots, dict):
-        snapshots = [{"name": name, **value} for name, value in snapshots.items()]
-    return {
-        "peer": result["peer"],
-        "score": result.get("metrics"),
-        "train_s": result.get("train_seconds"),
-        "iterations": result.get("iterations_done"),
-        "s_per_iteration": result.get("seconds_per_iteration"),
-        "train": {"peak_rss_mb": result.get("train_peak_rss_mb")},
-        "predict": {
-            "wall_s": result.get("predict_seconds"),
-            "peak_rss_mb": result.get("predict_peak_rss_mb"),
-        },
-        "snapshots": [
-            {"name": s["name"], "train_s": s.get("train_seconds"), "score": s.get("metrics")}
-            for s in snapshots
-        ],
-        "cpu": result.get("cpu_model") or result.get("cpu"),
-        "tta": "8-way" if summary.get("test_tta") else "none" if "test_tta" in summary else None,
-    }
-
-
 def test_time_augmentation(result: dict[str, Any]) -> str | None:
-    """What the scored prediction averaged over: emseg's chosen flips, nnU-Net's mirroring."""
-    if "tta" in result:  # normalise() filled it in (BiaPy)
-        return result["tta"]
+    """What the scored prediction averaged over: emseg's chosen flips, nnU-Net's mirroring,
+    BiaPy's 8 rotations / flips (each tool records it its own way)."""
+    summary = (result.get("config") or {}).get("summary") or {}
+    if "test_tta" in summary:  # BiaPy: its test config's TEST.AUGMENTATION
+        return "8-way" if summary["test_tta"] else "none"
     evaluation = result.get("evaluation") or {}
     if "inference" in evaluation:  # emseg: chosen on validation
         return f"{evaluation['inference'].get('tta') or 'none'} (chosen on val)"
@@ -77,8 +47,7 @@ def test_time_augmentation(result: dict[str, Any]) -> str | None:
 
 
 def row(result: dict[str, Any]) -> dict[str, Any]:
-    """One table row of a peer's result.json."""
-    result = normalise(result)
+    """One table row of a peer's result.json (the fields of benchmarks/peers/common.py)."""
     score = result.get("score") or {}
     train, predict = result.get("train") or {}, result.get("predict") or {}
     return {

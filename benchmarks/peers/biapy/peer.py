@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from common import cpu_model  # noqa: E402  (benchmarks/peers/common.py, shared by the peers)
+
 JOB_NAME = "biapy_unet2d"
 RUN_ID = 1
 JOB_ID = f"{JOB_NAME}_{RUN_ID}"  # BiaPy's job identifier: <name>_<run_id>
@@ -479,17 +482,6 @@ def predict(
 # ----------------------------------------------------------------------------------------------
 # summarize
 # ----------------------------------------------------------------------------------------------
-def _cpu_model() -> str | None:
-    try:
-        txt = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    for line in txt.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
 def _load(p: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
@@ -569,32 +561,33 @@ def _versions(freeze: Path) -> dict:
 
 
 def summarize(out_dir: Path) -> dict:
+    """``<out_dir>/result.json`` in the peers' shared fields (benchmarks/peers/common.py: peer,
+    budget_s, train_s, iterations, s_per_iteration, train / predict ``{wall_s, peak_rss_mb}``,
+    score, final, snapshots ``[{name, train_s, predict, score}]``, cpu) plus BiaPy's extras."""
     train = _load(out_dir / "train.json") or {}
+    records = [train.get("final", {})] + train.get("snapshots", [])
     runs = {}
     for name in ["final"] + [s["name"] for s in train.get("snapshots", [])]:
-        rec = next(
-            (
-                s
-                for s in [train.get("final", {})] + train.get("snapshots", [])
-                if s.get("name") == name
-            ),
-            {},
-        )
+        rec = next((r for r in records if r.get("name") == name), {})
         src = rec.get("same_as", name)
         pred = _load(out_dir / "predict" / src / "predict.json")
         runs[name] = {
-            "train_seconds": rec.get("train_seconds"),
+            "name": name,
+            "train_s": rec.get("train_seconds"),
             "epochs_completed": rec.get("epochs_completed"),
-            "iterations_done": rec.get("iterations_done"),
+            "iterations": rec.get("iterations_done"),
             "best_epoch": rec.get("best_epoch"),
             "same_as": rec.get("same_as"),
             "checkpoint": rec.get("checkpoint"),
-            "predict_seconds": pred and pred["predict_seconds"],
-            "predict_peak_rss_mb": pred and pred["peak_rss_mb"],
+            "predict": {
+                "wall_s": pred and pred["predict_seconds"],
+                "peak_rss_mb": pred and pred["peak_rss_mb"],
+            },
             "biapy_reported": pred and pred.get("biapy_reported"),
-            "metrics": _metrics(out_dir / "eval" / src / "metrics.json"),
+            "score": _metrics(out_dir / "eval" / src / "metrics.json"),
         }
     final = runs.get("final", {})
+    prepared = _load(out_dir / "prepare.json") or {}
     result = {
         "peer": "biapy",
         "versions": _versions(out_dir / "pip_freeze.txt"),
@@ -604,24 +597,24 @@ def summarize(out_dir: Path) -> dict:
             "test": str(out_dir / "config" / "test_final.yaml"),
             **_recipe_summary(out_dir / "config" / "test_final.yaml"),
         },
-        "smoke": (_load(out_dir / "prepare.json") or {}).get("smoke"),
+        "smoke": prepared.get("smoke"),
         "budget_s": train.get("budget_s"),
         "stopped_by": train.get("stopped_by"),
-        "train_seconds": train.get("train_seconds"),
+        "train_s": train.get("train_seconds"),
         "epochs_completed": train.get("epochs_completed"),
         "iterations_per_epoch": train.get("iterations_per_epoch"),
-        "iterations_done": train.get("iterations_done"),
-        "seconds_per_iteration": train.get("seconds_per_iteration"),
+        "iterations": train.get("iterations_done"),
+        "s_per_iteration": train.get("seconds_per_iteration"),
         "seconds_per_epoch": train.get("seconds_per_epoch"),
         # BiaPy's start-up (imports, data loading, model) + its first iteration, inside the budget
         "seconds_to_first_iteration": train.get("seconds_to_first_iteration"),
-        "train_peak_rss_mb": train.get("peak_rss_mb"),
-        "predict_seconds": final.get("predict_seconds"),
-        "predict_peak_rss_mb": final.get("predict_peak_rss_mb"),
-        "test_shape_zyx": (_load(out_dir / "prepare.json") or {}).get("test", {}).get("shape_zyx"),
-        "metrics": final.get("metrics"),
-        "snapshots": {k: v for k, v in runs.items() if k != "final"},
-        "cpu_model": _cpu_model(),
+        "train": {"wall_s": train.get("train_seconds"), "peak_rss_mb": train.get("peak_rss_mb")},
+        "predict": final.get("predict"),
+        "score": final.get("score"),
+        "final": final,
+        "test_shape_zyx": prepared.get("test", {}).get("shape_zyx"),
+        "snapshots": [v for k, v in runs.items() if k != "final"],
+        "cpu": cpu_model(),
         "threads": {
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "BIAPY_NUM_CPUS": os.environ.get("BIAPY_NUM_CPUS", "-1"),

@@ -114,9 +114,9 @@ log "wrote $OUT/result.json"
 "$PY" - "$OUT/result.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-m = r.get("metrics") or {}
+m, p = r.get("score") or {}, r.get("predict") or {}
 print(f"BiaPy: fg IoU {m.get('fg_iou')}, mean IoU {m.get('mean_iou')}, Dice {m.get('dice')}; "
-      f"train {r['train_seconds']} s ({r['epochs_completed']} epochs, {r['iterations_done']} it, "
-      f"{r['seconds_per_iteration']} s/it), predict {r['predict_seconds']} s, "
-      f"peak RSS train {r['train_peak_rss_mb']} MB / predict {r['predict_peak_rss_mb']} MB")
+      f"train {r['train_s']} s ({r['epochs_completed']} epochs, {r['iterations']} it, "
+      f"{r['s_per_iteration']} s/it), predict {p.get('wall_s')} s, "
+      f"peak RSS train {r['train']['peak_rss_mb']} MB / predict {p.get('peak_rss_mb')} MB")
 EOF
