@@ -14,6 +14,7 @@ from emseg.errors import EmsegError
 from emseg.inference.sliding_window import model_stride, pad_to_multiple
 from emseg.metrics import segmentation_metrics
 from emseg.optim import param_groups
+from emseg.schedulers import budget_progress
 
 __all__ = ["MONITOR", "SegmentationModule"]
 
@@ -125,12 +126,15 @@ class SegmentationModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
+        if hasattr(scheduler, "bind"):  # a wall-clock schedule: the trainer's Timer is its clock
+            scheduler.bind(budget_progress(self.trainer))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "monitor": self.hparams.monitor,
-                "interval": "epoch",
+                # per optimizer step for schedules that say so (wall clock), else per epoch
+                "interval": getattr(scheduler, "interval", "epoch"),
             },
         }
 
