@@ -1,6 +1,6 @@
 """Collect emseg's peer-benchmark run into ``<out_dir>/result.json`` (benchmarks/peers/common.py).
 
-python benchmarks/peers/emseg/result.py <out_dir> <run_dir> <budget_s>
+python benchmarks/peers/emseg/result.py <out_dir> <run_dir> <budget_s> [experiment (fast)]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _sampled_peak(path: Path) -> dict[str, float] | None:
     return {"wall_s": None, "peak_rss_mb": round(kilobytes / 1024, 1), "sampled": "VmHWM"}
 
 
-def main(out_dir: Path, run_dir: Path, budget_s: float) -> Path:
+def main(out_dir: Path, run_dir: Path, budget_s: float, experiment: str = "fast") -> Path:
     run = json.loads((run_dir / "metrics.json").read_text())
     metrics, environment = run["metrics"], json.loads((run_dir / "environment.json").read_text())
     steps = metrics.get("global_step")
@@ -53,7 +53,7 @@ def main(out_dir: Path, run_dir: Path, budget_s: float) -> Path:
         "peer": "emseg",
         "versions": {k: environment["packages"].get(k) for k in ("torch", "lightning")},
         "commit": environment.get("git_commit"),
-        "recipe": "experiment=fast data=lucchipp model.encoder_weights=null",
+        "recipe": f"experiment={experiment} data=lucchipp model.encoder_weights=null",
         "config": config,
         "evaluation": run.get("evaluation"),
         "budget_s": budget_s,
@@ -70,4 +70,4 @@ def main(out_dir: Path, run_dir: Path, budget_s: float) -> Path:
 
 
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])))
+    print(main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:5]))

@@ -7,6 +7,7 @@
 # best checkpoint's chosen settings. Every step is skipped when its output exists (resumable).
 #   bash benchmarks/peers/emseg/run.sh <out_dir>      [BUDGET_S=7200] [RUN_DIR=<out_dir>/run]
 #   SMOKE=1 bash benchmarks/peers/emseg/run.sh <out_dir>   # experiment=quick, tiny
+#   EXPERIMENT=fast_budget ...   # another recipe (fast_budget: fast annealed to the budget)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:?usage: run.sh <out_dir>}
@@ -18,7 +19,7 @@ RUN=${RUN_DIR:-$OUT/run}
 LABELS=data/lucchipp/testing_groundtruth.tif
 TEST=data/epfl/testing.tif
 TIME="/usr/bin/time -v -o"
-EXPERIMENT=fast
+EXPERIMENT=${EXPERIMENT:-fast}
 EXTRA=()
 if [[ ${SMOKE:-0} == 1 ]]; then
   EXPERIMENT=quick
@@ -55,4 +56,4 @@ for snapshot in "$RUN"/checkpoints/snapshot-*.ckpt; do
   [[ -f $snapshot ]] || continue
   predict_and_score "$(basename "$snapshot" .ckpt)" "$snapshot" "${CHOSEN[@]}"
 done
-$PY benchmarks/peers/emseg/result.py "$OUT" "$RUN" "$BUDGET_S"
+$PY benchmarks/peers/emseg/result.py "$OUT" "$RUN" "$BUDGET_S" "$EXPERIMENT"
