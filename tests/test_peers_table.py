@@ -98,3 +98,22 @@ def test_each_tools_own_test_time_augmentation_record_is_read():
     assert table.row(mirrored)["tta"] == "mirroring (4)"
     # An nnU-Net run from before run.sh recorded its flags predicted with mirroring.
     assert table.row({**NNUNET, "final": {"mirroring": None}})["tta"] == "mirroring (4)"
+
+
+def test_a_variant_of_a_peer_gets_its_own_row_beside_the_peers_earlier_one(tmp_path, monkeypatch):
+    runs, out = tmp_path / "outputs", tmp_path / "experiments"
+    _write(runs, EMSEG)
+    _write(runs, NNUNET)
+    variant = {**EMSEG, "score": {"fg_iou": 0.9, "mean_iou": 0.95, "dice": 0.94}}
+    (runs / "emseg-fast_budget").mkdir()
+    (runs / "emseg-fast_budget" / "result.json").write_text(json.dumps(variant))
+    (runs / "emseg_not_a_run").mkdir()  # neither a peer's name nor <peer>-<variant>
+    rows = _run(monkeypatch, runs, out)
+    assert [r["peer"] for r in rows] == ["emseg", "emseg-fast_budget", "nnunet"]
+    assert rows[1]["fg_iou"] == 0.9 and rows[0]["fg_iou"] == EMSEG["score"]["fg_iou"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "emseg-fast_budget.json",
+        "emseg.json",
+        "nnunet.json",
+    ]
+    assert "| emseg-fast_budget | 0.9000 |" in (out / "table.md").read_text()

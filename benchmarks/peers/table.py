@@ -4,12 +4,13 @@
 
 Each peer's run is done in a different session (one 2 h run fits in a session, and nothing
 under outputs/ outlives it), so the table is built from committed records:
-``<results_root>/<peer>/result.json`` (written by ``benchmarks/peers/<peer>/run.sh``, fields in
-benchmarks/peers/common.py), where present, is first copied to ``<out>/runs/<peer>.json``; then
-every ``<out>/runs/<peer>.json`` makes one row. Writes ``table.md`` (per peer: test fg IoU,
-mean IoU, Dice, training time, iterations and seconds per iteration, test-time augmentation,
-prediction time, peak RSS of training and prediction, CPU), ``results.json`` (the rows) and
-``fg_iou_vs_time.png`` (test fg IoU against training wall time: snapshots and final model).
+``<results_root>/<run>/result.json`` (written by ``benchmarks/peers/<peer>/run.sh``, fields in
+benchmarks/peers/common.py; ``<run>`` is ``<peer>`` or ``<peer>-<variant>``), where present, is
+first copied to ``<out>/runs/<run>.json``; then every ``<out>/runs/<run>.json`` makes one row.
+Writes ``table.md`` (per run: test fg IoU, mean IoU, Dice, training time, iterations and seconds
+per iteration, test-time augmentation, prediction time, peak RSS of training and prediction,
+CPU), ``results.json`` (the rows) and ``fg_iou_vs_time.png`` (test fg IoU against training wall
+time: snapshots and final model).
 """
 
 from __future__ import annotations
@@ -123,6 +124,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def run_names(directory: Path) -> list[str]:
+    """Names of the peer runs with a record in ``directory``, grouped by peer in PEERS order.
+
+    A run is named after its peer, or ``<peer>-<variant>`` for another recipe, budget or CPU of
+    the same tool (``emseg-fast_budget-epyc``), so that each variant keeps its own row instead
+    of replacing the peer's earlier one.
+    """
+    names = {path.stem if path.is_file() else path.name for path in directory.iterdir()}
+    ordered = []
+    for peer in PEERS:
+        ordered += [peer] if peer in names else []
+        ordered += sorted(n for n in names if n.startswith(f"{peer}-"))
+    return ordered
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_root", type=Path)
@@ -130,14 +146,14 @@ def main() -> None:
     args = parser.parse_args()
     records = args.out / "runs"
     records.mkdir(parents=True, exist_ok=True)
-    for peer in PEERS:
-        fresh = args.results_root / peer / "result.json"
-        if fresh.exists():
-            shutil.copyfile(fresh, records / f"{peer}.json")
+    if args.results_root.is_dir():
+        for name in run_names(args.results_root):
+            fresh = args.results_root / name / "result.json"
+            if fresh.exists():
+                shutil.copyfile(fresh, records / f"{name}.json")
     rows = [
-        row(json.loads((records / f"{peer}.json").read_text()))
-        for peer in PEERS
-        if (records / f"{peer}.json").exists()
+        {**row(json.loads((records / f"{name}.json").read_text())), "peer": name}
+        for name in run_names(records)
     ]
     (args.out / "table.md").write_text(markdown(rows))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -8,6 +8,9 @@
 #   bash benchmarks/peers/emseg/run.sh <out_dir>      [BUDGET_S=7200] [RUN_DIR=<out_dir>/run]
 #   SMOKE=1 bash benchmarks/peers/emseg/run.sh <out_dir>   # experiment=quick, tiny
 #   EXPERIMENT=fast_budget ...   # another recipe (fast_budget: fast annealed to the budget)
+#   PREDICT_SNAPSHOTS=0 ...      # predict + score the final model only (each snapshot's
+#                                # prediction of the test volume costs as much as the final's;
+#                                # run.sh again without it adds them, the rest is skipped)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:?usage: run.sh <out_dir>}
@@ -52,7 +55,11 @@ predict_and_score() {  # name ckpt [overrides...]
 }
 
 predict_and_score final "$RUN"
-for snapshot in "$RUN"/checkpoints/snapshot-*.ckpt; do
+SNAPSHOTS=()
+if [[ ${PREDICT_SNAPSHOTS:-1} != 0 ]]; then
+  SNAPSHOTS=("$RUN"/checkpoints/snapshot-*.ckpt)
+fi
+for snapshot in "${SNAPSHOTS[@]}"; do
   [[ -f $snapshot ]] || continue
   predict_and_score "$(basename "$snapshot" .ckpt)" "$snapshot" "${CHOSEN[@]}"
 done
