@@ -116,7 +116,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             axes.plot(minutes, [v for _, v in r["curve"]], marker="o", label=r["peer"])
     axes.set_xlabel("training wall time (min)")
     axes.set_ylabel("test fg IoU (Lucchi++ labels)")
-    axes.set_title("Lucchi++ test volume, same 2-core CPU, 2 h budget")
+    axes.set_title("Lucchi++ test volume, 2-core CPUs (CPU column of table.md)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
