@@ -108,11 +108,15 @@ def test_a_variant_of_a_peer_gets_its_own_row_beside_the_peers_earlier_one(tmp_p
     (runs / "emseg-fast_budget").mkdir()
     (runs / "emseg-fast_budget" / "result.json").write_text(json.dumps(variant))
     (runs / "emseg_not_a_run").mkdir()  # neither a peer's name nor <peer>-<variant>
+    (runs / "emseg-unfinished").mkdir()  # a run without its result.json yet
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "emseg-notes.md").write_text("not a record\n")
     rows = _run(monkeypatch, runs, out)
     assert [r["peer"] for r in rows] == ["emseg", "emseg-fast_budget", "nnunet"]
     assert rows[1]["fg_iou"] == 0.9 and rows[0]["fg_iou"] == EMSEG["score"]["fg_iou"]
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
         "emseg-fast_budget.json",
+        "emseg-notes.md",
         "emseg.json",
         "nnunet.json",
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +125,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def run_names(directory: Path) -> list[str]:
-    """Names of the peer runs with a record in ``directory``, grouped by peer in PEERS order.
+def run_names(names: Iterable[str]) -> list[str]:
+    """The peer runs among ``names``, grouped by peer in PEERS order.
 
     A run is named after its peer, or ``<peer>-<variant>`` for another recipe, budget or CPU of
     the same tool (``emseg-fast_budget-epyc``), so that each variant keeps its own row instead
-    of replacing the peer's earlier one.
+    of replacing the peer's earlier one; any other name is not a run.
     """
-    names = {path.stem if path.is_file() else path.name for path in directory.iterdir()}
+    names = set(names)
     ordered = []
     for peer in PEERS:
         ordered += [peer] if peer in names else []
@@ -146,14 +147,11 @@ def main() -> None:
     args = parser.parse_args()
     records = args.out / "runs"
     records.mkdir(parents=True, exist_ok=True)
-    if args.results_root.is_dir():
-        for name in run_names(args.results_root):
-            fresh = args.results_root / name / "result.json"
-            if fresh.exists():
-                shutil.copyfile(fresh, records / f"{name}.json")
+    for name in run_names(p.parent.name for p in args.results_root.glob("*/result.json")):
+        shutil.copyfile(args.results_root / name / "result.json", records / f"{name}.json")
     rows = [
         {**row(json.loads((records / f"{name}.json").read_text())), "peer": name}
-        for name in run_names(records)
+        for name in run_names(p.stem for p in records.glob("*.json"))
     ]
     (args.out / "table.md").write_text(markdown(rows))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
