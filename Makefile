@@ -15,7 +15,7 @@ commas = $(subst $(space),$(comma),$(strip $(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench quality quality-snapshots quality-val quality-ablations \
+	reproduce-report report bench quality quality-best quality-snapshots quality-val quality-ablations \
 	quality-report gpu-stage gpu-check gpu-eval peers peers-table
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
@@ -38,9 +38,9 @@ EVAL_RESUME := resume=true progress=false
 # directory each, so that re-running the target resumes an unfinished training.
 QUALITY ?= fast
 QUALITY_RUNS ?= outputs/quality
-# experiment=best trains exactly as fast does: QUALITY=best QUALITY_RUN=outputs/quality/fast
-# QUALITY_EVAL_ARGS=inference.tta=flips evaluates fast's run with best's settings instead of
-# training it again.
+# experiment=best trains exactly as fast does; `make quality-best QUALITY_RUN=<fast run>` gives
+# a trained run best's inference instead of training it again: choose.py with best's search
+# (settings_search=wide) into <run>/best_config.ckpt, then eval.py of that copy.
 QUALITY_RUN ?= $(QUALITY_RUNS)/$(QUALITY)
 QUALITY_OUT ?= $(QUALITY_RUN)/eval_$(QUALITY)
 # Further eval.py overrides of the test evaluations; the checkpoint's own evaluation block (the
@@ -109,6 +109,13 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 		hydra.run.dir=$(QUALITY_OUT)
 	$(if $(filter true,$(QUALITY_SNAPSHOTS)),$(MAKE) quality-snapshots)
 	$(MAKE) quality-report
+
+quality-best: $(STAMP) ## experiment=best's inference on a trained run: choose.py settings_search=wide into $(QUALITY_RUN)/best_config.ckpt, eval.py it (test + Lucchi++)
+	[ -f $(QUALITY_RUN)/best_config.ckpt ] || \
+	  $(PY) choose.py ckpt_path=$(QUALITY_RUN) settings_search=wide \
+	    output_ckpt=$(QUALITY_RUN)/best_config.ckpt hydra.run.dir=$(QUALITY_RUN)/choose_best
+	$(PY) eval.py ckpt_path=$(QUALITY_RUN)/best_config.ckpt $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) \
+		$(EVAL_RESUME) hydra.run.dir=$(QUALITY_RUN)/eval_best
 
 # A target of its own so that the snapshot list is read after the training that writes them.
 quality-snapshots: $(STAMP) ## evaluate the snapshot checkpoints of $(QUALITY_RUN) (the fg-IoU-vs-time points)

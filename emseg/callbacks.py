@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 from typing_extensions import override
@@ -143,11 +144,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _time_left(trainer: L.Trainer) -> list[float]:
+    """Seconds left of ``trainer.max_time`` (its Timer), if set: a wall-clock run
+    (``scheduler=wallclock_cosine``) ends there, long before its nominal step count."""
+    left = (c.time_remaining("train") for c in trainer.callbacks if isinstance(c, Timer))
+    return [max(float(s), 0.0) for s in left if s is not None]
+
+
 class StepProgressLog(L.Callback):
     """A log line every ``every_n_steps`` training steps: step / total, epoch, loss, s/step, ETA.
 
     s/step is the wall time since training started divided by the steps since then
-    (validation included), so the ETA is that of the whole run.
+    (validation included), so the ETA is that of the whole run: the remaining steps at that
+    pace, or what is left of ``trainer.max_time`` if that ends the run first.
 
     The live progress bar draws nothing when the output is not a terminal (``nohup``, SLURM,
     CI logs); this line is what such a log shows between epochs. By default it is written only
@@ -182,7 +191,9 @@ class StepProgressLog(L.Callback):
         done = step - self._start_step
         per_step = (time.perf_counter() - self._start) / max(done, 1)
         total = trainer.estimated_stepping_batches
-        eta = f", ETA {_duration(per_step * (total - step))}" if total != float("inf") else ""
+        left = [per_step * (total - step)] if total != float("inf") else []
+        left += _time_left(trainer)
+        eta = f", ETA {_duration(min(left))}" if left else ""
         loss = trainer.callback_metrics.get("train/loss_step")
         shown = f", loss {float(loss):.4f}" if loss is not None else ""
         log.info(

@@ -1,4 +1,4 @@
-"""The segmentation network: segmentation-models-pytorch ``Unet`` with a VGG16 encoder.
+"""The segmentation network: segmentation-models-pytorch ``Unet`` (VGG16 or ResNet-18 encoder).
 
 ``encoder_weights`` may be
 * ``None``: random initialisation;
@@ -6,8 +6,9 @@
 * ``"auto"``: ``"imagenet"`` when those weights are reachable (cached, or the hub answers), else
   random initialisation with a warning: the report's ImageNet start where it can be had, and a
   run that still starts on an offline machine (``make train``);
-* a path to a local state dict: torchvision's ``vgg16-397923af.pth``, an smp encoder state dict,
-  or a full smp ``Unet`` state dict (keys prefixed ``encoder.``).
+* a path to a local state dict: torchvision's ``vgg16-397923af.pth`` (or ``resnet18-f37072fd.pth``
+  for a ResNet-18 encoder), an smp encoder state dict, or a full smp ``Unet`` state dict (keys
+  prefixed ``encoder.``).
 
 Pretrained weights are loaded into a 3-channel encoder and the first convolution is then
 adapted by smp (``set_in_channels``): for one input channel the RGB filters are summed, for
@@ -17,7 +18,7 @@ adapted by smp (``set_in_channels``): for one input channel the RGB filters are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +47,28 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def load_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a VGG encoder state dict from a local file, keeping only the convolutional features.
+def load_encoder_state_dict(
+    path: str | Path, encoder_keys: Collection[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read an encoder state dict from a local file, keeping only the encoder's weights.
 
-    Accepts torchvision's VGG checkpoint (``features.*`` + ``classifier.*``), an smp encoder
-    state dict (``features.*``) or a full smp model state dict (``encoder.features.*``), as a
-    plain dict or wrapped in ``{"state_dict": ...}``.
+    Accepts a torchvision classification checkpoint (``vgg16-397923af.pth``: ``features.*`` +
+    ``classifier.*``; ``resnet18-f37072fd.pth``: ``conv1.*``, ``layer1.*``... + ``fc.*``), an
+    smp encoder state dict, or a full smp model state dict (``encoder.*``), as a plain dict or
+    wrapped in ``{"state_dict": ...}``.
+
+    Args:
+        path: the file.
+        encoder_keys: the state-dict keys of the encoder to fill (smp's encoders are
+            torchvision's networks without their classifier, so the names agree); ``None`` =
+            a VGG encoder's ``features.*``.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
             f"model.encoder_weights: {path} is not a file. Use 'imagenet' (needs internet or a "
-            "filled Hugging Face cache), null (random init), or the path of a VGG16 state dict "
-            "such as torchvision's vgg16-397923af.pth"
+            "filled Hugging Face cache), null (random init), or the path of the encoder's "
+            "state dict such as torchvision's vgg16-397923af.pth"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,18 +78,22 @@ def load_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"model.encoder_weights: {path} does not hold a state dict")
-    features: dict[str, torch.Tensor] = {}
+
+    def wanted(key: str) -> bool:
+        return key in encoder_keys if encoder_keys is not None else key.startswith("features.")
+
+    encoder: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        for prefix in ("encoder.", "net.encoder.", ""):
-            if key.startswith(prefix + "features."):
-                features[key[len(prefix) :]] = value
+        for prefix in ("net.encoder.", "encoder.", ""):
+            if key.startswith(prefix) and wanted(key[len(prefix) :]):
+                encoder[key[len(prefix) :]] = value
                 break
-    if not features:
+    if not encoder:
+        what = "VGG 'features.*'" if encoder_keys is None else "encoder"
         raise WeightsError(
-            f"model.encoder_weights: {path} has no VGG 'features.*' weights "
-            f"(first keys: {list(state)[:3]})"
+            f"model.encoder_weights: {path} has no {what} weights (first keys: {list(state)[:3]})"
         )
-    return features
+    return encoder
 
 
 def _load_imagenet(model: nn.Module, encoder_name: str) -> None:
@@ -142,10 +156,9 @@ def build_unet(
         _load_imagenet(model, encoder_name)
         log.info("encoder %s: ImageNet weights from smp's hub", encoder_name)
     elif pretrained:
-        features = load_encoder_state_dict(encoder_weights)
-        stripped = {k.removeprefix("features."): v for k, v in features.items()}
+        weights = load_encoder_state_dict(encoder_weights, set(model.encoder.state_dict()))
         try:
-            model.encoder.features.load_state_dict(stripped, strict=True)
+            model.encoder.load_state_dict(weights, strict=True)
         except RuntimeError as err:  # missing/unexpected keys or tensor shape mismatches
             detail = " ".join(str(err).split())[:300]
             raise WeightsError(

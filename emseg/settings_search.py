@@ -295,7 +295,7 @@ def evaluation_block(chosen: Candidate, scored: Sequence[Candidate], data: Mappi
     chosen_on = {k: data[k] for k in ("train_image", "train_mask", "volumes") if data.get(k)}
     return {
         "chosen_on": chosen_on,
-        "chosen_by": "this run's validation hold-out (train.py's search, settings_search.json)",
+        "chosen_by": "this run's validation hold-out (emseg.settings_search, settings_search.json)",
         "inference": {"border_pad": chosen.border_pad, "tta": chosen.tta},
         "postprocess": dict(chosen.median.setting),
         "threshold": chosen.threshold,
@@ -304,11 +304,14 @@ def evaluation_block(chosen: Candidate, scored: Sequence[Candidate], data: Mappi
     }
 
 
-def store_in_checkpoint(path: Path | str, block: Mapping[str, Any]) -> None:
-    """Replace the ``evaluation`` block of the checkpoint at ``path`` (atomically rewritten)."""
-    checkpoint = read_checkpoint(path, weights_only=False)  # this run's own file
+def store_in_checkpoint(
+    path: Path | str, block: Mapping[str, Any], into: Path | str | None = None
+) -> None:
+    """Replace the ``evaluation`` block of the checkpoint at ``path``, rewritten atomically in
+    place, or written to ``into`` (a copy with the new block; ``path`` is left as it is)."""
+    checkpoint = read_checkpoint(path, weights_only=False)  # an emseg checkpoint
     checkpoint["emseg_config"] = {**checkpoint["emseg_config"], "evaluation": dict(block)}
-    with atomic_path(path) as tmp:
+    with atomic_path(path if into is None else into) as tmp:
         torch.save(checkpoint, tmp)
 
 
@@ -341,9 +344,14 @@ def log_table(scored: Sequence[Candidate], chosen: Candidate) -> None:
 
 
 def choose_and_store(
-    checkpoint_path: Path | str, search: SettingsSearch, data: Mapping, output_dir: Path
+    checkpoint_path: Path | str,
+    search: SettingsSearch,
+    data: Mapping,
+    output_dir: Path,
+    into: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Search, log the table, write ``settings_search.json`` and store the chosen block.
+    """Search, log the table, write ``settings_search.json`` and store the chosen block in
+    the checkpoint (or in ``into``, a copy of it with the block: :func:`store_in_checkpoint`).
 
     Returns:
         The stored ``evaluation`` block.
@@ -358,7 +366,9 @@ def choose_and_store(
         "evaluation": block,
         "candidates": [c.as_row() for c in scored],
     }
+    stored_in = Path(checkpoint_path if into is None else into)
+    record["stored_in"] = str(stored_in)
     write_json_atomic(output_dir / "settings_search.json", record)
-    store_in_checkpoint(checkpoint_path, block)
-    log.info("stored in %s; written %s", checkpoint_path, output_dir / "settings_search.json")
+    store_in_checkpoint(checkpoint_path, block, into)
+    log.info("stored in %s; written %s", stored_in, output_dir / "settings_search.json")
     return block

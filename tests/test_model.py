@@ -68,7 +68,7 @@ def test_multi_channel_input_keeps_pretrained_filters(torchvision_vgg16_file):
     [
         (None, "is not a file"),
         (b"not a checkpoint", "cannot read"),
-        ({"foo.weight": torch.zeros(1)}, "no VGG 'features"),
+        ({"foo.weight": torch.zeros(1)}, "no encoder weights"),
         ({"features.0.weight": torch.zeros(2, 2)}, "does not fit"),
     ],
 )
@@ -99,3 +99,19 @@ def test_imagenet_offline_fails_fast_with_instructions():
     assert result.returncode != 0
     assert "WeightsError" in result.stderr
     assert "model.encoder_weights=null" in result.stderr
+
+
+def test_a_torchvision_resnet18_file_fills_a_resnet18_encoder(tmp_path):
+    """model=unet_resnet18 with a local file: torchvision's names, its classifier left out."""
+    source = build_unet(encoder_name="resnet18", encoder_weights=None, in_channels=3)
+    state = {k: torch.randn_like(v) for k, v in source.encoder.state_dict().items()}
+    state |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(state, path)
+    net = build_unet(encoder_name="resnet18", encoder_weights=str(path), in_channels=3)
+    assert torch.equal(net.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert torch.equal(net.encoder.conv1.weight, state["conv1.weight"])
+    vgg = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, vgg)  # another encoder's file
+    with pytest.raises(WeightsError, match="no encoder weights"):
+        build_unet(encoder_name="resnet18", encoder_weights=str(vgg))

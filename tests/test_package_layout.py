@@ -89,6 +89,15 @@ def _dry_run(*args: str) -> str:
             ],
         ),
         (
+            "quality-best",
+            [
+                "choose.py ckpt_path=outputs/quality/fast settings_search=wide",
+                "output_ckpt=outputs/quality/fast/best_config.ckpt",
+                "eval.py ckpt_path=outputs/quality/fast/best_config.ckpt",
+                "hydra.run.dir=outputs/quality/fast/eval_best",
+            ],
+        ),
+        (
             "quality-val",
             [
                 "eval.py -m ckpt_path=outputs/quality/fast split=val checkpoint_settings=false",

@@ -47,3 +47,35 @@ def test_hparams_name_the_data_actually_used(tiny_cfg):
 
     cfg = tiny_cfg()
     assert run_hparams(cfg, "32-true")["data"] == "training.tif"  # outside Hydra: the file
+
+
+def test_the_eta_of_a_wall_clock_run_is_what_is_left_of_max_time(caplog):
+    """A run stopped by trainer.max_time (scheduler=wallclock_cosine sets a huge max_epochs) is
+    due when its budget ends, not after its nominal step count."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    trainer = SimpleNamespace(
+        global_step=0,
+        is_global_zero=True,
+        estimated_stepping_batches=10_000_000,
+        current_epoch=0,
+        callback_metrics={},
+        callbacks=[Timer(duration="00:00:10:00")],  # not started: 10 minutes left
+    )
+    progress = StepProgressLog(every_n_steps=50, only_without_terminal=False)
+    progress.on_train_start(trainer, None)
+    progress._start -= 100.0  # 2 s per step: the nominal steps would take months
+    trainer.global_step = 50
+    with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
+        progress.on_train_batch_end(trainer, None, None, None, 49)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert line.endswith("ETA 10m00s"), line
+    trainer.callbacks = []  # no budget: the step count's ETA, days away
+    caplog.clear()
+    trainer.global_step = 100
+    with caplog.at_level(logging.INFO, logger="emseg.callbacks"):
+        progress.on_train_batch_end(trainer, None, None, None, 99)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert line.split("ETA ")[1].startswith("27"), line  # ~1e7 steps x 1 s: 27xx hours

@@ -165,3 +165,34 @@ def test_targets_from_the_experiment_data_file(rows_file, tmp_path):
         (PROJECT_ROOT / "experiments" / "quality" / "targets.yaml").read_text()
     )
     assert shipped["fg_iou"] == {"fast": 0.85, "best": 0.90}
+
+
+def test_time_to_quality_is_built_from_records_and_checks_them(tmp_path):
+    """scripts.time_to_quality: the curve across sessions from committed records' numbers."""
+    import yaml
+
+    from scripts.time_to_quality import load, markdown, plot
+
+    spec = {
+        "target": {"fg_iou": 0.85, "minutes": 60},
+        "series": [
+            {"name": "a", "cpu": "x", "record": "README.md", "points": [[30, 0.7], [60, 0.86]]},
+            {"name": "b", "cpu": "y", "record": "README.md", "points": [[99, 0.858]]},
+            {"name": "c", "cpu": "z", "record": "README.md", "points": [[20, 0.84]]},
+        ],
+    }
+    path = tmp_path / "ttq.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    table = markdown(load(path))
+    assert "| a | x | (30, 0.7000), (60, 0.8600) | 0.8600 at 60 min | yes |" in table
+    assert "| b | y | (99, 0.8580) | 0.8580 at 99 min | fg IoU yes, 39.0 min over" in table
+    assert "| c | z | (20, 0.8400) | 0.8400 at 20 min | no |" in table
+    plot(load(path), tmp_path / "ttq.png")
+    assert (tmp_path / "ttq.png").stat().st_size > 1000
+    for bad in ({"record": "no/such.md"}, {"points": [[10, 1.2]]}, {"cpu": None}):
+        series = {**spec["series"][0], **bad}
+        if bad == {"cpu": None}:
+            del series["cpu"]
+        path.write_text(yaml.safe_dump({"series": [series]}))
+        with pytest.raises(ValueError, match="a"):
+            load(path)

@@ -218,3 +218,56 @@ def test_thick_sections_get_median_candidates_in_nanometres(tmp_path, synthetic_
     torch.save(checkpoint, path)
     pipeline = build_pipeline(compose_cfg("eval", [f"ckpt_path={path}"], tmp_path / "eval"))
     assert pipeline.postprocess.median_nm == 15.0 and pipeline.median_footprint() == (1, 3, 3)
+
+
+def test_choose_py_stores_the_chosen_block_in_a_copy_and_replaces_nothing(
+    tiny_checkpoint, tmp_path, capsys
+):
+    """choose.py: the search on any checkpoint later; the source keeps its own block."""
+    import hashlib
+
+    from tests.conftest import run_script
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    before = digest(tiny_checkpoint)
+    copy = tmp_path / "chosen.ckpt"
+    args = [f"ckpt_path={tiny_checkpoint}", f"output_ckpt={copy}"]
+    args += ["settings_search.median_sides=[3]", "settings_search.ttas=[none]"]
+    code, err = run_script("choose.py", args, tmp_path, capsys)
+    assert code == 0, err
+    assert digest(tiny_checkpoint) == before
+    block = torch.load(copy, weights_only=False)["emseg_config"]["evaluation"]
+    record = json.loads((tmp_path / "hydra" / "settings_search.json").read_text())
+    assert record["evaluation"] == block and record["stored_in"] == str(copy)
+    assert len(record["candidates"]) == 2 * 2 * 9  # (border 32, 0) x (off, median 3) x 9
+    scores = [c["fg_iou"] for c in record["candidates"]]
+    assert block["validation_fg_iou"] in scores
+    assert block["validation_fg_iou"] >= max(scores) - record["search"]["margin"]
+    # eval.py applies the copy's block, as it would a trained one.
+    run_eval(compose_cfg("eval", ["split=val", f"ckpt_path={copy}"], tmp_path / "eval"))
+    applied = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert applied["metrics"]["fg_iou"] == pytest.approx(block["validation_fg_iou"], abs=1e-9)
+
+    # An existing output is never replaced: one clear error, both files as they were.
+    written = digest(copy)
+    code, err = run_script("choose.py", args, tmp_path, capsys)
+    assert code == 2 and "output_ckpt" in err and "exists" in err, err
+    assert digest(copy) == written and digest(tiny_checkpoint) == before
+    code, err = run_script("choose.py", [f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path, capsys)
+    assert code == 2 and "none.ckpt" in err, err
+
+
+def test_best_searches_widest_and_takes_any_gain(tmp_path):
+    """experiment=best = fast's training + settings_search=wide, chosen after training."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["experiment=best"], tmp_path / "run", tmp_path / "data")
+    search = instantiate(cfg.settings_search)
+    default = instantiate(compose_train([], tmp_path / "r", tmp_path / "d").settings_search)
+    assert cfg.choose_settings is True and search.margin == 0.0
+    assert set(default.ttas) < set(search.ttas) == {"none", "flips", "d4"}
+    assert set(default.median_sides) < set(search.median_sides)
+    fast = compose_train(["experiment=fast"], tmp_path / "run", tmp_path / "data")
+    assert cfg.trainer == fast.trainer and cfg.optim == fast.optim and cfg.data == fast.data
