@@ -104,7 +104,10 @@ def test_imagenet_offline_fails_fast_with_instructions():
 def test_a_torchvision_resnet18_file_fills_a_resnet18_encoder(tmp_path):
     """model=unet_resnet18 with a local file: torchvision's names, its classifier left out."""
     source = build_unet(encoder_name="resnet18", encoder_weights=None, in_channels=3)
-    state = {k: torch.randn_like(v) for k, v in source.encoder.state_dict().items()}
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v + 1
+        for k, v in source.encoder.state_dict().items()
+    }
     state |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(state, path)
