@@ -27,8 +27,8 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
-def _output_path(cfg: DictConfig, source: Path) -> Path | None:
-    """Where the block is written: ``None`` = into ``source``; a new file otherwise."""
+def _output_path(cfg: DictConfig) -> Path | None:
+    """Where the block is written: ``None`` = into ``ckpt_path``; a new file otherwise."""
     if cfg.get("output_ckpt") is None:
         return None
     target = Path(str(cfg.output_ckpt))
@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     search: SettingsSearch = instantiate(cfg.settings_search)  # checks the candidates
     source = resolve_checkpoint_path(cfg.ckpt_path)
-    target = _output_path(cfg, source)
+    target = _output_path(cfg)
     data = read_checkpoint(source).get("emseg_config", {}).get("data") or {}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

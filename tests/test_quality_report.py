@@ -189,10 +189,14 @@ def test_time_to_quality_is_built_from_records_and_checks_them(tmp_path):
     assert "| c | z | (20, 0.8400) | 0.8400 at 20 min | no |" in table
     plot(load(path), tmp_path / "ttq.png")
     assert (tmp_path / "ttq.png").stat().st_size > 1000
-    for bad in ({"record": "no/such.md"}, {"points": [[10, 1.2]]}, {"cpu": None}):
-        series = {**spec["series"][0], **bad}
-        if bad == {"cpu": None}:
-            del series["cpu"]
+    good = spec["series"][0]
+    without_cpu = {k: v for k, v in good.items() if k != "cpu"}
+    bad_specs = [
+        ({**good, "record": "no/such.md"}, "record no/such.md not found"),
+        ({**good, "points": [[10, 1.2]]}, "bad point"),
+        (without_cpu, "lacks \\['cpu'\\]"),
+    ]
+    for series, message in bad_specs:
         path.write_text(yaml.safe_dump({"series": [series]}))
-        with pytest.raises(ValueError, match="a"):
+        with pytest.raises(ValueError, match=message):
             load(path)

@@ -2,17 +2,16 @@
 
 Which border padding, test-time augmentation or 3D median filter suits a model is an empirical
 question answered on its validation hold-out (``eval.py split=val``, ``make quality-val``). The
-answer belongs to the model, not to whoever runs it later: a training config's ``evaluation``
-block (``evaluation.inference.*``, ``evaluation.postprocess.*``, ``evaluation.threshold``; see
+answer belongs to the model, not to whoever runs it later: a training config's ``evaluation`` block
+(``evaluation.inference.*``, ``evaluation.postprocess.*``, ``evaluation.threshold``; see
 conf/experiment/fast.yaml) is stored in every checkpoint, or the block that the settings search
 (train.py after training, choose.py later; :mod:`emseg.settings_search`) chose on the run's own
-validation hold-out, and
-``eval.py`` / ``predict.py`` apply it on top of conf/inference and conf/postprocess. What the
-command line sets explicitly always wins: a key (``inference.tta=none``) replaces the
-checkpoint's value for that key (``postprocess.median_size`` and ``median_nm`` count as one), a
-group choice (``inference=naive``) replaces the checkpoint's whole block for that group, and
-``checkpoint_settings=false`` ignores the block altogether (how settings are compared from the
-plain defaults).
+validation hold-out, and ``eval.py`` / ``predict.py`` apply it on top of conf/inference and
+conf/postprocess. What the command line sets explicitly always wins: a key (``inference.tta=none``)
+replaces the checkpoint's value for that key (``postprocess.median_size`` and ``median_nm`` count as
+one), a group choice (``inference=naive``) replaces the checkpoint's whole block for that group, and
+``checkpoint_settings=false`` ignores the block altogether (how settings are compared from the plain
+defaults).
 """
 
 from __future__ import annotations
