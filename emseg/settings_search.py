@@ -9,8 +9,9 @@ simplest candidate within ``margin`` of the best validation fg IoU wins
 ``eval.py`` / ``predict.py`` apply beneath explicit overrides. The test volume is never read.
 
 Cost: ``len(border_pads) + len(ttas) - 1`` predictions of the hold-out (the other TTAs are
-tried with the border padding chosen without TTA), each followed by ``len(median_sides)``
-median filters of it; the thresholds cost a comparison each.
+tried with the border padding chosen without TTA); each median x threshold is then a box sum
+over the cached probabilities (:func:`~emseg.postprocess.median_above`: the thresholded
+median, without the median).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from emseg.inference.pipeline import voxel_size_of
 from emseg.inference.tta import TTA_MODES
 from emseg.io.atomic import atomic_path, write_json_atomic
 from emseg.io.checkpoint import read_checkpoint
-from emseg.postprocess import OFF, Footprint, median_filter_volume, median_voxels
+from emseg.postprocess import OFF, Footprint, median_above, median_voxels
 
 __all__ = [
     "Candidate",
@@ -75,7 +76,7 @@ class SettingsSearch:
     border_pads: Sequence[int] = (32, 0)
     ttas: Sequence[str] = ("none", "flips")
     median_sides: Sequence[int] = (3, 5, 7)
-    thresholds: Sequence[float] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    thresholds: Sequence[float] = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2-0.8
     margin: float = 0.003
     max_slices: int | None = 64
 
@@ -197,22 +198,28 @@ def median_candidates(
 
 
 def _iou_per_threshold(
-    probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], thresholds: Sequence[float]
+    probs: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    thresholds: Sequence[float],
+    footprint: Footprint = OFF,
 ) -> list[float]:
-    """Pooled fg IoU of ``probs > t`` against ``masks`` for every t.
+    """Pooled fg IoU of ``median(probs) > t`` against ``masks`` for every t.
 
-    ``probs`` float and ``masks`` in {0, 1, IGNORE}, ``(Z, Y, X)`` each; unlabelled (IGNORE)
-    voxels are left out, as eval.py leaves them out.
+    ``probs`` float and ``masks`` in {0, 1, IGNORE}, ``(Z, Y, X)`` each; ``footprint`` the 3D
+    median's ((1, 1, 1) = none), thresholded by :func:`~emseg.postprocess.median_above`
+    (exactly the median filter's result, far cheaper). Unlabelled (IGNORE) voxels are left
+    out, as eval.py leaves them out.
     """
     tp = np.zeros(len(thresholds))
     fp = np.zeros(len(thresholds))
     positives = 0
     for prob, mask in zip(probs, masks, strict=True):
-        fg, bg = prob[mask == 1], prob[mask == 0]
-        positives += fg.size
+        fg, bg = mask == 1, mask == 0
+        positives += int(np.count_nonzero(fg))
         for i, t in enumerate(thresholds):
-            tp[i] += np.count_nonzero(fg > t)
-            fp[i] += np.count_nonzero(bg > t)
+            above = median_above(prob, footprint, t)
+            tp[i] += np.count_nonzero(above & fg)
+            fp[i] += np.count_nonzero(above & bg)
     union = positives + fp  # tp + fn + fp
     return [float(a / u) if u else 1.0 for a, u in zip(tp, union, strict=True)]
 
@@ -225,10 +232,8 @@ def _scored(
     thresholds: Sequence[float],
 ) -> Iterator[Candidate]:
     """Every median x threshold candidate on the cached probabilities of one window setting."""
-    threads = torch.get_num_threads()
     for median in medians:
-        filtered = [median_filter_volume(p, median.footprint, threads) for p in probs]
-        ious = _iou_per_threshold(filtered, masks, thresholds)
+        ious = _iou_per_threshold(probs, masks, thresholds, median.footprint)
         for threshold, iou in zip(thresholds, ious, strict=True):
             yield Candidate(window.border_pad, window.tta, median, threshold, iou)
 

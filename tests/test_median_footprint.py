@@ -15,6 +15,7 @@ from emseg.inference.pipeline import voxel_size_of
 from emseg.inference.settings import apply_checkpoint_settings
 from emseg.postprocess import (
     PostprocessSettings,
+    median_above,
     median_filter_slices,
     median_filter_volume,
     median_voxels,
@@ -28,6 +29,22 @@ def test_per_axis_streamed_median_equals_scipy(depth, footprint):
     volume = np.random.default_rng(depth).random((depth, 11, 13)).astype(np.float32)
     expected = ndimage.median_filter(volume, size=footprint, mode="nearest")
     np.testing.assert_array_equal(median_filter_volume(volume, footprint), expected)
+
+
+@pytest.mark.parametrize("footprint", [(3, 3, 3), (1, 3, 5), (5, 1, 3), (1, 1, 1), 5, 0])
+def test_thresholded_median_by_majority_equals_the_median_filter(footprint):
+    """The settings search's majority vote is the median filter thresholded, voxel for voxel:
+    ties at the threshold (probabilities on a 0.05 grid), anisotropic footprints, and the
+    volume's ends (a footprint deeper than the 4 slices)."""
+    rng = np.random.default_rng(7)
+    volume = (rng.integers(0, 21, (4, 19, 23)) / 20).astype(np.float32)
+    filtered = median_filter_volume(volume, footprint)
+    for threshold in (0.3, 0.5, 0.55, 0.75):
+        above = median_above(volume, footprint, threshold)
+        assert above.dtype == bool
+        np.testing.assert_array_equal(above, filtered > threshold)
+    with pytest.raises(ValueError, match="odd"):
+        median_above(volume, (3, 2, 3), 0.5)
 
 
 def test_per_axis_median_in_row_blocks_on_threads_equals_scipy(monkeypatch):

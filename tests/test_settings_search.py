@@ -194,6 +194,10 @@ def test_unlabelled_voxels_are_left_out_of_the_search():
     (iou,) = _iou_per_threshold([probs], [partial], [0.5])
     assert iou == pytest.approx(_fg_iou(probs[labelled] > 0.5, mask[labelled]))
     assert iou != pytest.approx(_iou_per_threshold([probs], [mask], [0.5])[0])
+    # With a median: the filter runs over every voxel, the labelled ones are scored.
+    (iou,) = _iou_per_threshold([probs], [partial], [0.45], (3, 3, 3))
+    filtered = ndimage.median_filter(probs, size=3, mode="nearest")
+    assert iou == pytest.approx(_fg_iou(filtered[labelled] > 0.45, mask[labelled]))
 
 
 def test_thick_sections_get_median_candidates_in_nanometres(tmp_path, synthetic_data_dir):
