@@ -182,8 +182,10 @@ peers-table: $(STAMP) ## table + plot: outputs/peers/*/result.json copied to exp
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all
 
-test: $(STAMP) ## fast tests (not marked slow)
-	$(PY) -m pytest -m "not slow" -q $(ARGS)
+# make test runs the tests on one pytest-xdist worker per core (TEST_WORKERS=0: in this process).
+TEST_WORKERS ?= auto
+test: $(STAMP) ## fast tests (not marked slow), one worker per core
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)

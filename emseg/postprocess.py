@@ -283,8 +283,9 @@ def median_above(volume: np.ndarray, size: int | Sequence[int], threshold: float
     vote of ``volume > threshold``: one box sum (``scipy.ndimage.uniform_filter``, borders
     extended by their nearest value as the median extends them) instead of a partition of n
     values per voxel. The settings search scores every median at every threshold this way:
-    for an 11³ footprint ~1000x fewer operations per voxel than the median (timings:
-    experiments/quality/README.md). The probabilities themselves still need the median.
+    for an 11³ footprint ~1000x fewer operations per voxel than the median (search timings,
+    old and new, on one checkpoint: experiments/quality/lucchipp_fast_2h_resnet18_2026-12-07.md).
+    The probabilities themselves still need the median.
 
     Returns:
         Boolean ``(Z, Y, X)``.

@@ -19,6 +19,17 @@ from emseg.resolvers import PROJECT_ROOT
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs one worker per core), each worker's torch gets
+    its share of the cores: two workers with torch's default (every core) each would
+    oversubscribe OpenMP, which slows both several-fold."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 def make_volume(depth: int = 8, size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A toy EM volume: bright ellipses ("mitochondria") on noisy mid-grey background.
 

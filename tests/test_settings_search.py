@@ -111,6 +111,7 @@ def searched_run(tmp_path_factory, synthetic_data_dir):
     extra = ["logger=none", "test_after_fit=false", "choose_settings=true"]
     extra += ["callbacks.validation_images=null", "callbacks.lr_monitor=null"]
     extra += ["settings_search.median_sides=[3]", "settings_search.ttas=[none,flips]"]
+    extra += ["settings_search.thresholds=[0.4,0.6]"]  # + 0.5, always searched: 3 thresholds
     run_train(compose_train([*TINY_OVERRIDES, *extra], run_dir, synthetic_data_dir))
     return run_dir
 
@@ -127,7 +128,7 @@ def test_the_chosen_block_lands_in_the_best_checkpoint_and_eval_applies_it(searc
     assert block == record["evaluation"]
     assert block["chosen_on"] == {k: config["data"][k] for k in ("train_image", "train_mask")}
     assert set(block["inference"]) == {"border_pad", "tta"} and "threshold" in block
-    assert len(record["candidates"]) == 2 * 2 * 9 + 2 * 9  # (border x 2 medians) + flips
+    assert len(record["candidates"]) == (2 * 2 + 2) * 3  # (border x 2 medians + flips) x 3
     summary = json.loads((searched_run / "metrics.json").read_text())
     assert summary["evaluation"] == block
     assert summary["metrics"]["settings_search/fg_iou"] == block["validation_fg_iou"]
@@ -239,13 +240,14 @@ def test_choose_py_stores_the_chosen_block_in_a_copy_and_replaces_nothing(
     copy = tmp_path / "chosen.ckpt"
     args = [f"ckpt_path={tiny_checkpoint}", f"output_ckpt={copy}"]
     args += ["settings_search.median_sides=[3]", "settings_search.ttas=[none]"]
+    args += ["settings_search.thresholds=[0.4,0.6]"]  # + 0.5, always searched
     code, err = run_script("choose.py", args, tmp_path, capsys)
     assert code == 0, err
     assert digest(tiny_checkpoint) == before
     block = torch.load(copy, weights_only=False)["emseg_config"]["evaluation"]
     record = json.loads((tmp_path / "hydra" / "settings_search.json").read_text())
     assert record["evaluation"] == block and record["stored_in"] == str(copy)
-    assert len(record["candidates"]) == 2 * 2 * 9  # (border 32, 0) x (off, median 3) x 9
+    assert len(record["candidates"]) == 2 * 2 * 3  # (border 32, 0) x (off, median 3) x 3
     scores = [c["fg_iou"] for c in record["candidates"]]
     assert block["validation_fg_iou"] in scores
     assert block["validation_fg_iou"] >= max(scores) - record["search"]["margin"]
