@@ -172,6 +172,17 @@ class PostprocessSettings:
         }
 
 
+def _filter_footprint(size: int | Sequence[int]) -> Footprint:
+    """The footprint of a median filter's ``size`` argument: a side <= 1 is off; an even or
+    negative side is a ValueError (the filters' callers pass validated settings)."""
+    if not _is_list(size) and int(size) <= 1:
+        return OFF
+    try:
+        return footprint_of(size)
+    except ConfigError as err:
+        raise ValueError(f"median size must be odd, got {size}") from err
+
+
 def median_filter_slices(
     slices: Iterable[np.ndarray],
     size: int | Sequence[int] = 3,
@@ -194,12 +205,7 @@ def median_filter_slices(
         ``scipy.ndimage.median_filter(volume, size, mode="nearest")``. At most ``size_z``
         slices are held.
     """
-    if not _is_list(size) and int(size) <= 1:
-        size = OFF
-    try:
-        footprint = footprint_of(size)
-    except ConfigError as err:
-        raise ValueError(f"median size must be odd, got {size}") from err
+    footprint = _filter_footprint(size)
     if footprint == OFF:
         yield from itertools.islice(slices, int(first), None)
         return
@@ -290,12 +296,7 @@ def median_above(volume: np.ndarray, size: int | Sequence[int], threshold: float
     Returns:
         Boolean ``(Z, Y, X)``.
     """
-    if not _is_list(size) and int(size) <= 1:
-        size = OFF
-    try:
-        footprint = footprint_of(size)
-    except ConfigError as err:
-        raise ValueError(f"median size must be odd, got {size}") from err
+    footprint = _filter_footprint(size)
     above = np.asarray(volume) > threshold
     if footprint == OFF:
         return above

@@ -11,6 +11,7 @@
 #   PREDICT_SNAPSHOTS=0 ...      # predict + score the final model only (each snapshot's
 #                                # prediction of the test volume costs as much as the final's;
 #                                # run.sh again without it adds them, the rest is skipped)
+#   PREDICT_SNAPSHOTS="epoch015 epoch031" ...   # only these snapshots (names' endings)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:?usage: run.sh <out_dir>}
@@ -56,9 +57,17 @@ predict_and_score() {  # name ckpt [overrides...]
 
 predict_and_score final "$RUN"
 SNAPSHOTS=()
-if [[ ${PREDICT_SNAPSHOTS:-1} != 0 ]]; then
-  SNAPSHOTS=("$RUN"/checkpoints/snapshot-*.ckpt)
-fi
+case ${PREDICT_SNAPSHOTS:-1} in
+  0) ;;
+  1) SNAPSHOTS=("$RUN"/checkpoints/snapshot-*.ckpt) ;;
+  *)
+    for name in $PREDICT_SNAPSHOTS; do
+      snapshot=$RUN/checkpoints/snapshot-$name.ckpt
+      [[ -f $snapshot ]] || { echo "run.sh: PREDICT_SNAPSHOTS names $snapshot, which does not exist" >&2; exit 2; }
+      SNAPSHOTS+=("$snapshot")
+    done
+    ;;
+esac
 for snapshot in "${SNAPSHOTS[@]}"; do
   [[ -f $snapshot ]] || continue
   predict_and_score "$(basename "$snapshot" .ckpt)" "$snapshot" "${CHOSEN[@]}"
