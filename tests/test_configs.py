@@ -247,3 +247,25 @@ def test_fast_experiment_is_what_its_record_claims(tmp_path, synthetic_data_dir)
     assert cfg.scheduler.max_epochs == cfg.trainer.max_epochs == 32
     assert "ema" in cfg.callbacks and cfg.callbacks.snapshots.every_n_epochs == 8
     assert cfg.trainer.max_time == "00:02:00:00"
+
+
+def test_best_second_cosine_is_the_recorded_command(tmp_path, synthetic_data_dir):
+    """The config equals the command line of its record, plus the wide search."""
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=best_second_cosine"], tmp_path, synthetic_data_dir)
+    recorded = compose_train(
+        [
+            "experiment=fast_1h_resnet18",
+            "optim.lr=3.0e-4",
+            "seed=7",
+            "trainer.max_time=00:01:40:00",
+            "settings_search=wide",
+        ],
+        tmp_path,
+        synthetic_data_dir,
+    )
+    assert cfg.scheduler._target_ == "emseg.schedulers.WallClockWarmupCosine"
+    assert cfg.choose_settings is True and cfg.settings_search == recorded.settings_search
+    cfg.tags = recorded.tags = []
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(recorded)
