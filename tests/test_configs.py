@@ -266,6 +266,6 @@ def test_best_second_cosine_is_the_recorded_command(tmp_path, synthetic_data_dir
         synthetic_data_dir,
     )
     assert cfg.scheduler._target_ == "emseg.schedulers.WallClockWarmupCosine"
-    assert cfg.choose_settings is True and cfg.settings_search == recorded.settings_search
+    assert cfg.choose_settings is True
     cfg.tags = recorded.tags = []
     assert OmegaConf.to_container(cfg) == OmegaConf.to_container(recorded)
