@@ -25,7 +25,14 @@ from emseg.data.normalization import Preprocessing, check_percentiles
 from emseg.errors import ConfigError
 from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
 
-__all__ = ["Checkpoint", "CheckpointError", "Preprocessing", "load_checkpoint", "load_model"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "Preprocessing",
+    "load_checkpoint",
+    "load_model",
+    "preprocessing_from_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,13 @@ def _check_targets(node: Any, path: Path) -> None:
             _check_targets(value, path)
 
 
-def _preprocessing(config: Mapping[str, Any], path: Path) -> Preprocessing:
+def preprocessing_from_config(config: Mapping[str, Any], path: Path) -> Preprocessing:
+    """The input preprocessing a run config describes (``data.context / mean / std /
+    percentiles``); ``path`` names the checkpoint in errors.
+
+    Raises:
+        CheckpointError: the config lacks them or holds invalid values.
+    """
     data = config.get("data")
     if not isinstance(data, Mapping) or not {"mean", "std", "context"} <= set(data):
         raise CheckpointError(
@@ -144,7 +157,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if not isinstance(model_cfg, Mapping) or "_target_" not in model_cfg:
         raise CheckpointError(f"ckpt_path: {path} has no model._target_ in its emseg_config")
     _check_targets(model_cfg, path)
-    pre = _preprocessing(config, path)
+    pre = preprocessing_from_config(config, path)
     # Copies, so that the network does not depend on the memory-mapped file (which a running
     # training may overwrite).
     state = {

@@ -62,9 +62,13 @@ WEIGHT_FLOOR = 1e-8
 def model_stride(net: nn.Module) -> int:
     """The factor the input height and width of ``net`` must be multiples of.
 
-    smp models give it as ``net.encoder.output_stride`` (32 for a 5-stage encoder); a network
-    without an encoder (a plain convolution in the tests) takes any size.
+    A network may state it as ``net.output_stride`` (an ensemble: the least common multiple of
+    its members'); smp models give it as ``net.encoder.output_stride`` (32 for a 5-stage
+    encoder); a network without either (a plain convolution in the tests) takes any size.
     """
+    own = getattr(net, "output_stride", None)
+    if isinstance(own, int):
+        return own
     encoder = getattr(net, "encoder", None)
     return int(getattr(encoder, "output_stride", 1))
 
