@@ -15,7 +15,7 @@ commas = $(subst $(space),$(comma),$(strip $(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep eval predict tensorboard test test-all lint fmt clean-outputs \
-	reproduce-report report bench quality quality-best quality-snapshots quality-val quality-ablations \
+	reproduce-report report bench quality quality-best quality-ensemble quality-snapshots quality-val quality-ablations \
 	quality-report gpu-stage gpu-check gpu-eval peers peers-table
 
 # reproduce-report: BUDGET=cpu (about two hours for the six runs on a 2-core bf16 CPU) or
@@ -109,6 +109,23 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 		hydra.run.dir=$(QUALITY_OUT)
 	$(if $(filter true,$(QUALITY_SNAPSHOTS)),$(MAKE) quality-snapshots)
 	$(MAKE) quality-report
+
+# quality-ensemble: ENSEMBLE_MEMBERS (run dirs or checkpoints, space-separated) averaged as one
+# checkpoint in ENSEMBLE_DIR (ensemble.py), its settings chosen with best's search
+# (settings_search=wide) on the members' shared hold-out, then eval.py of it (test + Lucchi++).
+ENSEMBLE_MEMBERS ?=
+ENSEMBLE_DIR ?= $(QUALITY_RUNS)/ensemble
+quality-ensemble: $(STAMP) ## ENSEMBLE_MEMBERS="<run> <run>" as one network (ensemble.py) into ENSEMBLE_DIR, choose.py settings_search=wide, eval.py
+	[ -n "$(strip $(ENSEMBLE_MEMBERS))" ] || { echo "ENSEMBLE_MEMBERS is empty: name two or more runs" >&2; exit 2; }
+	mkdir -p $(ENSEMBLE_DIR)
+	[ -f $(ENSEMBLE_DIR)/ensemble.ckpt ] || \
+	  $(PY) ensemble.py 'members=[$(call commas,$(ENSEMBLE_MEMBERS))]' \
+	    output_ckpt=$(ENSEMBLE_DIR)/ensemble.ckpt hydra.run.dir=$(ENSEMBLE_DIR)/write
+	[ -f $(ENSEMBLE_DIR)/best_config.ckpt ] || \
+	  $(PY) choose.py ckpt_path=$(ENSEMBLE_DIR)/ensemble.ckpt settings_search=wide \
+	    output_ckpt=$(ENSEMBLE_DIR)/best_config.ckpt hydra.run.dir=$(ENSEMBLE_DIR)/choose_best
+	$(PY) eval.py ckpt_path=$(ENSEMBLE_DIR)/best_config.ckpt $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) \
+		$(EVAL_RESUME) hydra.run.dir=$(ENSEMBLE_DIR)/eval_best
 
 quality-best: $(STAMP) ## experiment=best's inference on a trained run: choose.py settings_search=wide into $(QUALITY_RUN)/best_config.ckpt, eval.py it (test + Lucchi++)
 	[ -f $(QUALITY_RUN)/best_config.ckpt ] || \
