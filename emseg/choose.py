@@ -18,8 +18,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from emseg.errors import ConfigError
 from emseg.io import read_checkpoint, resolve_checkpoint_path
+from emseg.io.checkpoint import new_checkpoint_path
 from emseg.settings_search import SettingsSearch, choose_and_store
 
 __all__ = ["run"]
@@ -31,17 +31,7 @@ def _output_path(cfg: DictConfig) -> Path | None:
     """Where the block is written: ``None`` = into ``ckpt_path``; a new file otherwise."""
     if cfg.get("output_ckpt") is None:
         return None
-    target = Path(str(cfg.output_ckpt))
-    if target.exists():
-        raise ConfigError(
-            f"output_ckpt: {target} exists; choose.py writes a new file and replaces nothing "
-            "(remove it, name another, or leave output_ckpt unset to store in ckpt_path)"
-        )
-    if not target.parent.is_dir():
-        raise ConfigError(f"output_ckpt: the directory {target.parent} does not exist")
-    if target.suffix != ".ckpt":
-        raise ConfigError(f"output_ckpt: {target} must end in .ckpt (a Lightning checkpoint)")
-    return target
+    return new_checkpoint_path(cfg.output_ckpt, "choose.py")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -31,7 +31,12 @@ from emseg.errors import ConfigError
 from emseg.inference.checkpoint import preprocessing_from_config
 from emseg.inference.sliding_window import model_stride
 from emseg.io.atomic import atomic_path
-from emseg.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_path
+from emseg.io.checkpoint import (
+    CheckpointError,
+    new_checkpoint_path,
+    read_checkpoint,
+    resolve_checkpoint_path,
+)
 
 __all__ = [
     "ENSEMBLE_TARGET",
@@ -149,17 +154,6 @@ def _check_compatible(sources: Sequence[Path], configs: Sequence[Mapping[str, An
             )
 
 
-def _output_path(output: str | Path) -> Path:
-    target = Path(str(output))
-    if target.exists():
-        raise ConfigError(f"output_ckpt: {target} exists; ensemble.py writes a new file only")
-    if not target.parent.is_dir():
-        raise ConfigError(f"output_ckpt: the directory {target.parent} does not exist")
-    if target.suffix != ".ckpt":
-        raise ConfigError(f"output_ckpt: {target} must end in .ckpt (a Lightning checkpoint)")
-    return target
-
-
 def write_ensemble(members: Sequence[str | Path], output: str | Path) -> Path:
     """Write one checkpoint that averages the foreground probabilities of ``members``.
 
@@ -180,7 +174,7 @@ def write_ensemble(members: Sequence[str | Path], output: str | Path) -> Path:
     """
     if isinstance(members, str | Path) or len(members) < 2:
         raise ConfigError(f"members: an ensemble needs at least two checkpoints; got {members!r}")
-    target = _output_path(output)
+    target = new_checkpoint_path(output, "ensemble.py")
     loaded = [_member(path) for path in members]
     sources = [source for source, _, _ in loaded]
     configs = [config for _, config, _ in loaded]

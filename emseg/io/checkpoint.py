@@ -16,7 +16,7 @@ import torch
 
 from emseg.errors import ConfigError, require_file
 
-__all__ = ["CheckpointError", "read_checkpoint"]
+__all__ = ["CheckpointError", "new_checkpoint_path", "read_checkpoint"]
 
 
 class CheckpointError(ConfigError):
@@ -81,3 +81,23 @@ def resolve_checkpoint_path(path: str | Path, label: str = "ckpt_path") -> Path:
             f"(found {found}); give the checkpoint file instead"
         )
     return best[0]
+
+
+def new_checkpoint_path(path: str | Path, writer: str, label: str = "output_ckpt") -> Path:
+    """``path`` checked as a checkpoint file ``writer`` may create: it must not exist (nothing is
+    ever replaced), its directory must, and it ends in ``.ckpt``.
+
+    Raises:
+        ConfigError: naming ``label`` and what is wrong.
+    """
+    target = Path(str(path))
+    if target.exists():
+        raise ConfigError(
+            f"{label}: {target} exists; {writer} writes a new file and replaces nothing "
+            f"(remove it or name another)"
+        )
+    if not target.parent.is_dir():
+        raise ConfigError(f"{label}: the directory {target.parent} does not exist")
+    if target.suffix != ".ckpt":
+        raise ConfigError(f"{label}: {target} must end in .ckpt (a Lightning checkpoint)")
+    return target
