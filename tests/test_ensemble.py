@@ -163,7 +163,11 @@ def test_ensemble_py_writes_one_checkpoint_that_choose_and_eval_run(
     assert not (tmp_path / "x.ckpt").exists()
 
 
-@pytest.mark.parametrize(("fmt", "atol"), [("torchscript", 1e-5), ("onnx", 1e-4)])
+# ONNX: a minute on 2 cores (the exporter traces both members), hence slow.
+@pytest.mark.parametrize(
+    ("fmt", "atol"),
+    [("torchscript", 1e-5), pytest.param("onnx", 1e-4, marks=pytest.mark.slow)],
+)
 def test_an_ensemble_exports_as_one_network(tiny_checkpoint, tmp_path, fmt, atol):
     """export.py traces the ensemble like any network: the file alone gives its mean."""
     from emseg.export import run as run_export
