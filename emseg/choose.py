@@ -31,7 +31,8 @@ def _output_path(cfg: DictConfig) -> Path | None:
     """Where the block is written: ``None`` = into ``ckpt_path``; a new file otherwise."""
     if cfg.get("output_ckpt") is None:
         return None
-    return new_checkpoint_path(cfg.output_ckpt, "choose.py")
+    unset = ", or leave output_ckpt unset to store in ckpt_path"
+    return new_checkpoint_path(cfg.output_ckpt, "choose.py", other=unset)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -260,6 +260,7 @@ def test_choose_py_stores_the_chosen_block_in_a_copy_and_replaces_nothing(
     written = digest(copy)
     code, err = run_script("choose.py", args, tmp_path, capsys)
     assert code == 2 and "output_ckpt" in err and "exists" in err, err
+    assert "leave output_ckpt unset" in err  # choose.py's own way out
     assert digest(copy) == written and digest(tiny_checkpoint) == before
     code, err = run_script("choose.py", [f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path, capsys)
     assert code == 2 and "none.ckpt" in err, err

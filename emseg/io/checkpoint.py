@@ -83,9 +83,12 @@ def resolve_checkpoint_path(path: str | Path, label: str = "ckpt_path") -> Path:
     return best[0]
 
 
-def new_checkpoint_path(path: str | Path, writer: str, label: str = "output_ckpt") -> Path:
+def new_checkpoint_path(
+    path: str | Path, writer: str, label: str = "output_ckpt", other: str = ""
+) -> Path:
     """``path`` checked as a checkpoint file ``writer`` may create: it must not exist (nothing is
-    ever replaced), its directory must, and it ends in ``.ckpt``.
+    ever replaced), its directory must, and it ends in ``.ckpt``. ``other`` is a further way
+    out the "exists" error offers (e.g. choose.py's "leave output_ckpt unset ...").
 
     Raises:
         ConfigError: naming ``label`` and what is wrong.
@@ -94,7 +97,7 @@ def new_checkpoint_path(path: str | Path, writer: str, label: str = "output_ckpt
     if target.exists():
         raise ConfigError(
             f"{label}: {target} exists; {writer} writes a new file and replaces nothing "
-            f"(remove it or name another)"
+            f"(remove it, name another{other})"
         )
     if not target.parent.is_dir():
         raise ConfigError(f"{label}: the directory {target.parent} does not exist")
