@@ -13,6 +13,9 @@
 #   SMOKE=1      tiny crop of the volumes (8 x 256 x 384) and a 180 s budget: a pipeline check
 #   PREDICT_SNAPSHOTS=0  predict + score the final model only (each BiaPy test phase on the full
 #                test volume costs hours on this CPU: 8-way TTA over ~48 patches per slice)
+#   PREDICT_SNAPSHOTS="snapshot_3600s snapshot_5400s"  the final model, then these snapshots in
+#                this order (a session that cannot hold every prediction does the ones that
+#                matter first; the rest resume later with the same command)
 #   TTA=0        predict without the recipe's 8-way TTA (TEST.AUGMENTATION false; the test
 #                config and result.json's config.summary.test_tta record it): for a session that
 #                cannot hold 2 h of training and an 8-way test phase
@@ -76,7 +79,16 @@ fi
 NAMES="$("$PY" - "$OUT/train.json" "${PREDICT_SNAPSHOTS:-1}" <<'EOF'
 import json, sys
 t = json.load(open(sys.argv[1]))
-recs = [t["final"]] + (t["snapshots"] if sys.argv[2] != "0" else [])
+by_name = {s["name"]: s for s in t["snapshots"]}
+if sys.argv[2] == "0":
+    recs = [t["final"]]
+elif sys.argv[2] == "1":
+    recs = [t["final"]] + t["snapshots"]
+else:
+    unknown = [n for n in sys.argv[2].split() if n not in by_name]
+    if unknown:
+        sys.exit(f"run.sh: PREDICT_SNAPSHOTS names {unknown}; train.json has {sorted(by_name)}")
+    recs = [t["final"]] + [by_name[n] for n in sys.argv[2].split()]
 for rec in recs:
     if rec.get("checkpoint") and "same_as" not in rec:
         print(rec["name"], rec["checkpoint"])
