@@ -51,7 +51,7 @@ from emseg.io.formats import parse_volume
 from emseg.io.source import VolumeSource, ZRange
 from emseg.prediction_scores import score_prediction
 from emseg.run_dir import finished_metrics
-from emseg.volume_scores import METRIC_KEYS, VolumeScores, evaluate_volume
+from emseg.volume_scores import INTERVAL_KEYS, METRIC_KEYS, VolumeScores, evaluate_volume
 
 __all__ = ["METRIC_KEYS", "EvalVolume", "run", "validation_volumes"]
 
@@ -128,6 +128,10 @@ def _print_table(metrics: dict[str, float | None], threshold: float | None, edge
         value = metrics[key]
         shown = "n/a (a mask: no probabilities)" if value is None else f"{value:.4f}"
         table.add_row(labels.get(key, key), shown)
+        if key == "fg_iou":
+            low, high = (metrics.get(k) for k in INTERVAL_KEYS)
+            shown = "n/a (too few blocks)" if low is None else f"{low:.4f} - {high:.4f}"
+            table.add_row("fg_iou 95 % interval (bootstrap over 3D blocks)", shown)
     Console().print(table)
 
 
@@ -290,7 +294,7 @@ def _written(probs: Iterator[np.ndarray], sink: VolumeSink | None) -> Iterator[n
 
 def _score(
     cfg: DictConfig, pipeline: InferencePipeline, volumes: list[EvalVolume], output_dir: Path
-) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any] | None, dict]:
     """Predict and score the volumes, pooled (and the extra masks of the test volume);
     optionally save the probabilities and score instances (one volume only)."""
     split = str(cfg.get("split", "test"))
@@ -341,10 +345,11 @@ def _score(
             "test_mask": str(cfg.extra_masks[name]),
             "metrics": score.compute(),
             "counts": score.counts(),
+            "blocks": score.block_record(),
         }
         for name, score in extra.items()
     }
-    return metrics, counts, extras, instance_metrics
+    return metrics, counts, extras, instance_metrics, pooled.block_record()
 
 
 def _log_instances(metrics: dict[str, Any] | None) -> None:
@@ -400,7 +405,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             sum(len(volume.mask) for volume in volumes),
             pipeline.predictor.describe(),
         )
-        metrics, counts, extras, instances = _score(cfg, pipeline, volumes, output_dir)
+        metrics, counts, extras, instances, blocks = _score(cfg, pipeline, volumes, output_dir)
     volume = volumes[0]
     described = pipeline.describe()
     summary = {
@@ -418,6 +423,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "postprocess": described["postprocess"],
         "checkpoint_settings": described["checkpoint_settings"],
         "extra_masks": extras,
+        "fg_iou_blocks": blocks,
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }
@@ -505,6 +511,7 @@ def _run_prediction(
         "inference": run.get("inference"),
         "postprocess": run.get("postprocess"),
         "extra_masks": scored.extra_masks,
+        "fg_iou_blocks": scored.blocks,
         "seconds": time.perf_counter() - start,
         "hardware": describe_hardware(),
     }

@@ -65,7 +65,9 @@ class PredictionScores:
         threshold: the threshold of the binary prediction (``None``: a mask of unknown one).
         slices: number of scored slices.
         prediction: what was read: the arrays, dtype, shape, completeness, the store's run.
-        extra_masks: name -> ``{test_mask, metrics, counts}``.
+        extra_masks: name -> ``{test_mask, metrics, counts, blocks}``.
+        blocks: the block counts behind the fg IoU interval
+            (:meth:`~emseg.volume_scores.VolumeScores.block_record`).
     """
 
     metrics: dict[str, float | None]
@@ -74,6 +76,7 @@ class PredictionScores:
     slices: int
     prediction: dict[str, Any]
     extra_masks: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, Any] | None = None
 
 
 class _StoreLevel(VolumeSource):
@@ -345,7 +348,7 @@ def score_prediction(
         t = None  # a mask of unknown threshold
     elif is_mask:
         t = opened.threshold
-    return PredictionScores(main["metrics"], main["counts"], t, depth, info, extra)
+    return PredictionScores(main["metrics"], main["counts"], t, depth, info, extra, main["blocks"])
 
 
 def _read_probabilities(
@@ -383,4 +386,4 @@ def _result(scores: VolumeScores, is_mask: bool) -> dict[str, Any]:
         metrics: dict[str, float | None] = dict(scores.compute())
     if is_mask:
         metrics.update(dict.fromkeys(_SWEEP_KEYS))  # a mask has no threshold sweep
-    return {"metrics": metrics, "counts": scores.counts()}
+    return {"metrics": metrics, "counts": scores.counts(), "blocks": scores.block_record()}

@@ -8,6 +8,12 @@ simplest candidate within ``margin`` of the best validation fg IoU wins
 (:func:`choose`), and is stored in the checkpoint as its ``evaluation`` block, which
 ``eval.py`` / ``predict.py`` apply beneath explicit overrides. The test volume is never read.
 
+How much the choice gains is reported with its uncertainty: every candidate keeps the
+confusion counts of 3D blocks of the hold-out, and the block stores the paired bootstrap
+interval of the chosen candidate's gain over the defaults (:mod:`emseg.intervals`;
+``validation_gain_over_defaults``): a gain whose interval holds 0 is one the hold-out cannot
+tell from noise.
+
 Cost: ``len(border_pads) + len(ttas) - 1`` predictions of the hold-out (the other TTAs are
 tried with the border padding chosen without TTA); each median x threshold is then a box sum
 over the cached probabilities (:func:`~emseg.postprocess.median_above`: the thresholded
@@ -19,19 +25,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from emseg.data.labels import IGNORE
 from emseg.errors import ConfigError
 from emseg.evaluate import validation_volumes
 from emseg.inference import InferencePipeline, WindowSettings
 from emseg.inference.checkpoint import load_checkpoint
 from emseg.inference.pipeline import voxel_size_of
 from emseg.inference.tta import TTA_MODES
+from emseg.intervals import DEFAULT_BLOCK, fg_iou_difference_interval, volume_block_counts
 from emseg.io.atomic import atomic_path, write_json_atomic
 from emseg.io.checkpoint import read_checkpoint
 from emseg.postprocess import OFF, Footprint, median_above, median_voxels
@@ -42,6 +50,7 @@ __all__ = [
     "choose",
     "choose_and_store",
     "evaluation_block",
+    "gain_over_defaults",
     "log_table",
     "median_candidates",
     "search_settings",
@@ -121,13 +130,15 @@ MEDIAN_OFF = Median({"median_size": 0, "median_nm": None}, OFF)
 
 @dataclass(frozen=True)
 class Candidate:
-    """One scored combination of settings, with its pooled validation fg IoU."""
+    """One scored combination of settings, with its pooled validation fg IoU and the
+    ``(blocks, 3)`` ``(tp, fp, fn)`` of the hold-out's 3D blocks it was pooled from."""
 
     border_pad: int
     tta: str
     median: Median
     threshold: float
     fg_iou: float
+    blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def changes(self) -> int:
@@ -197,31 +208,48 @@ def median_candidates(
     return medians
 
 
+def _counts_per_threshold(
+    probs: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    thresholds: Sequence[float],
+    footprint: Footprint = OFF,
+) -> list[np.ndarray]:
+    """Block counts of ``median(probs) > t`` against ``masks`` for every t.
+
+    ``probs`` float and ``masks`` in {0, 1, IGNORE}, ``(Z, Y, X)`` each; ``footprint`` the 3D
+    median's ((1, 1, 1) = none), thresholded by :func:`~emseg.postprocess.median_above`
+    (exactly the median filter's result, far cheaper). Unlabelled (IGNORE) voxels are left
+    out, as eval.py leaves them out.
+
+    Returns:
+        Per threshold, ``(blocks, 3)`` ``(tp, fp, fn)`` of the :data:`DEFAULT_BLOCK` blocks of
+        every volume in turn (the same blocks for every threshold and footprint).
+    """
+    counts: list[list[np.ndarray]] = [[] for _ in thresholds]
+    for prob, mask in zip(probs, masks, strict=True):
+        fg, labelled = mask == 1, mask != IGNORE
+        for i, t in enumerate(thresholds):
+            above = median_above(prob, footprint, t)
+            counts[i].append(volume_block_counts(above, fg, labelled, DEFAULT_BLOCK))
+    return [np.concatenate(c) for c in counts]
+
+
+def _pooled_iou(blocks: np.ndarray) -> float:
+    """Pooled fg IoU of ``(blocks, 3)`` counts (1.0 where there is nothing to find)."""
+    tp, fp, fn = (int(v) for v in blocks.sum(axis=0))
+    union = tp + fp + fn
+    return tp / union if union else 1.0
+
+
 def _iou_per_threshold(
     probs: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     thresholds: Sequence[float],
     footprint: Footprint = OFF,
 ) -> list[float]:
-    """Pooled fg IoU of ``median(probs) > t`` against ``masks`` for every t.
-
-    ``probs`` float and ``masks`` in {0, 1, IGNORE}, ``(Z, Y, X)`` each; ``footprint`` the 3D
-    median's ((1, 1, 1) = none), thresholded by :func:`~emseg.postprocess.median_above`
-    (exactly the median filter's result, far cheaper). Unlabelled (IGNORE) voxels are left
-    out, as eval.py leaves them out.
-    """
-    tp = np.zeros(len(thresholds))
-    fp = np.zeros(len(thresholds))
-    positives = 0
-    for prob, mask in zip(probs, masks, strict=True):
-        fg, bg = mask == 1, mask == 0
-        positives += int(np.count_nonzero(fg))
-        for i, t in enumerate(thresholds):
-            above = median_above(prob, footprint, t)
-            tp[i] += np.count_nonzero(above & fg)
-            fp[i] += np.count_nonzero(above & bg)
-    union = positives + fp  # tp + fn + fp
-    return [float(a / u) if u else 1.0 for a, u in zip(tp, union, strict=True)]
+    """Pooled fg IoU of ``median(probs) > t`` against ``masks`` for every t (as
+    :func:`_counts_per_threshold`)."""
+    return [_pooled_iou(c) for c in _counts_per_threshold(probs, masks, thresholds, footprint)]
 
 
 def _scored(
@@ -233,9 +261,10 @@ def _scored(
 ) -> Iterator[Candidate]:
     """Every median x threshold candidate on the cached probabilities of one window setting."""
     for median in medians:
-        ious = _iou_per_threshold(probs, masks, thresholds, median.footprint)
-        for threshold, iou in zip(thresholds, ious, strict=True):
-            yield Candidate(window.border_pad, window.tta, median, threshold, iou)
+        counts = _counts_per_threshold(probs, masks, thresholds, median.footprint)
+        for threshold, blocks in zip(thresholds, counts, strict=True):
+            iou = _pooled_iou(blocks)
+            yield Candidate(window.border_pad, window.tta, median, threshold, iou, blocks)
 
 
 def _predict(pipeline: InferencePipeline, volumes: list, window: WindowSettings) -> list:
@@ -306,7 +335,19 @@ def evaluation_block(chosen: Candidate, scored: Sequence[Candidate], data: Mappi
         "threshold": chosen.threshold,
         "validation_fg_iou": chosen.fg_iou,
         "validation_fg_iou_of_defaults": _default(scored).fg_iou,
+        "validation_gain_over_defaults": gain_over_defaults(chosen, scored),
     }
+
+
+def gain_over_defaults(chosen: Candidate, scored: Sequence[Candidate]) -> dict | None:
+    """The paired block-bootstrap interval of ``chosen``'s fg IoU minus the defaults' on the
+    hold-out (:func:`emseg.intervals.fg_iou_difference_interval`, with the block size); ``None``
+    without block counts or with too few blocks."""
+    default = _default(scored)
+    if chosen.blocks is None or default.blocks is None:
+        return None
+    gain = fg_iou_difference_interval(chosen.blocks, default.blocks)
+    return None if gain is None else {**gain, "block_zyx": list(DEFAULT_BLOCK)}
 
 
 def store_in_checkpoint(
@@ -346,6 +387,18 @@ def log_table(scored: Sequence[Candidate], chosen: Candidate) -> None:
         chosen.threshold,
         chosen.fg_iou,
     )
+    gain = gain_over_defaults(chosen, scored)
+    if gain is not None:
+        log.info(
+            "gain over the defaults: %+.4f, %g %% interval %+.4f to %+.4f (%d blocks of the "
+            "hold-out)%s",
+            gain["difference"],
+            100 * gain["confidence"],
+            gain["low"],
+            gain["high"],
+            gain["blocks"],
+            "" if gain["low"] > 0 else ": not resolved by this hold-out",
+        )
 
 
 def choose_and_store(

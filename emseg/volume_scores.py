@@ -3,7 +3,9 @@
 Metrics come from confusion counts pooled over the whole volume at one threshold (never a mean
 of per-slice values), computed with torchmetrics' :class:`BinaryStatScores`. Foreground IoU is
 also reported separately for an image-edge band of ``edge_band`` pixels along the four borders
-of every slice and for the interior. The threshold that would maximise foreground IoU on the
+of every slice and for the interior, and with a 95 % confidence interval from a bootstrap over
+3D blocks of the volume (:mod:`emseg.intervals`: how far the score could move on another
+volume like this one). The threshold that would maximise foreground IoU on the
 volume (:class:`~emseg.metrics.ThresholdSweep`) is reported for information only: it is fitted
 to the scored data and never used for the headline numbers.
 """
@@ -18,10 +20,11 @@ from torchmetrics.classification import BinaryStatScores
 
 from emseg.data.labels import IGNORE
 from emseg.errors import ConfigError
+from emseg.intervals import DEFAULT_BLOCK, BlockCounts, fg_iou_interval
 from emseg.metrics import ThresholdSweep, binary_scores
 from emseg.postprocess import remove_small_components
 
-__all__ = ["METRIC_KEYS", "VolumeScores", "edge_band_mask", "evaluate_volume"]
+__all__ = ["INTERVAL_KEYS", "METRIC_KEYS", "VolumeScores", "edge_band_mask", "evaluate_volume"]
 
 METRIC_KEYS = (
     "accuracy",
@@ -36,6 +39,8 @@ METRIC_KEYS = (
     "best_threshold",
     "fg_iou_at_best_threshold",
 )
+# The bounds of fg_iou's block-bootstrap confidence interval (None: too few blocks to say).
+INTERVAL_KEYS = ("fg_iou_ci_low", "fg_iou_ci_high")
 
 
 def edge_band_mask(height: int, width: int, band: int) -> np.ndarray:
@@ -52,16 +57,26 @@ class VolumeScores:
     Args:
         edge_band: width in pixels of the border band of every slice.
         threshold: probability above which a pixel is foreground (for :meth:`update_probs`).
+        interval_block: ``(z, y, x)`` voxels of the blocks the confidence interval resamples.
+        confidence: level of the fg IoU interval (:data:`INTERVAL_KEYS`).
     """
 
     REGIONS = ("all", "edge", "interior")
 
-    def __init__(self, edge_band: int = 32, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        edge_band: int = 32,
+        threshold: float = 0.5,
+        interval_block: tuple[int, int, int] = DEFAULT_BLOCK,
+        confidence: float = 0.95,
+    ) -> None:
         if int(edge_band) < 0:
             raise ConfigError(f"edge_band must be >= 0 pixels, got {edge_band}")
         self.edge_band, self.threshold = int(edge_band), float(threshold)
         self.stats = {region: BinaryStatScores(validate_args=False) for region in self.REGIONS}
         self.sweep = ThresholdSweep()
+        self.blocks = BlockCounts(interval_block)
+        self.confidence = float(confidence)
         self._edge: torch.Tensor | None = None
 
     def _edge_mask(self, shape: tuple[int, int]) -> torch.Tensor:
@@ -80,6 +95,7 @@ class VolumeScores:
         true = torch.from_numpy(np.ascontiguousarray(target > 0)).long()
         edge = self._edge_mask(tuple(pred.shape))
         unlabelled = target == IGNORE
+        self.blocks.add(prediction > 0, (target > 0) & ~unlabelled, ~unlabelled)
         if unlabelled.all():
             return
         if unlabelled.any():
@@ -99,8 +115,9 @@ class VolumeScores:
             result[region] = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
         return result
 
-    def compute(self) -> dict[str, float]:
-        """The metrics of :data:`METRIC_KEYS` (see :func:`emseg.metrics.binary_scores`)."""
+    def compute(self) -> dict[str, float | None]:
+        """The metrics of :data:`METRIC_KEYS` (see :func:`emseg.metrics.binary_scores`) and
+        the interval's bounds (:data:`INTERVAL_KEYS`, ``None`` when too few blocks)."""
         counts = self.counts()
         metrics = binary_scores(**counts["all"])
         metrics["edge_fg_iou"] = binary_scores(**counts["edge"])["fg_iou"]
@@ -109,7 +126,19 @@ class VolumeScores:
         best = int(torch.argmax(ious))  # first maximum: the lowest best threshold
         metrics["best_threshold"] = float(thresholds[best])
         metrics["fg_iou_at_best_threshold"] = float(ious[best])
+        interval = self.interval()
+        metrics["fg_iou_ci_low"] = None if interval is None else interval["low"]
+        metrics["fg_iou_ci_high"] = None if interval is None else interval["high"]
         return metrics
+
+    def interval(self) -> dict | None:
+        """fg IoU's block-bootstrap interval (:func:`emseg.intervals.fg_iou_interval`)."""
+        return fg_iou_interval(self.blocks.counts(), self.confidence)
+
+    def block_record(self) -> dict:
+        """The block counts behind the interval, as metrics.json keeps them (``compare.py``
+        pairs two records of the same volume): ``{block_zyx, tp_fp_fn}``."""
+        return {"block_zyx": list(self.blocks.block), "tp_fp_fn": self.blocks.counts().tolist()}
 
 
 def evaluate_volume(
@@ -136,9 +165,11 @@ def evaluate_volume(
             with the same object; the result is that of everything scored so far).
 
     Returns:
-        The metrics (:data:`METRIC_KEYS`, floats in [0, 1]) and the pooled confusion counts.
+        The metrics (:data:`METRIC_KEYS`, floats in [0, 1], and :data:`INTERVAL_KEYS`) and
+        the pooled confusion counts.
     """
     scores = VolumeScores(edge_band, threshold) if scores is None else scores
+    scores.blocks.new_volume()  # no interval block spans two volumes
     kept: list[np.ndarray] = []
     depth = 0
     for z, probs in enumerate(probabilities):

@@ -37,7 +37,13 @@ from emseg.postprocess import (
     median_filter_volume,
     remove_small_components,
 )
-from emseg.volume_scores import METRIC_KEYS, VolumeScores, edge_band_mask, evaluate_volume
+from emseg.volume_scores import (
+    INTERVAL_KEYS,
+    METRIC_KEYS,
+    VolumeScores,
+    edge_band_mask,
+    evaluate_volume,
+)
 
 
 def conv3x3(weight: torch.Tensor) -> nn.Conv2d:
@@ -533,8 +539,9 @@ def test_edge_and_interior_iou_hand_computed():
 def test_a_perfect_prediction_scores_one_everywhere():
     target = (np.random.default_rng(0).random((3, 40, 50)) < 0.2).astype(np.uint8)
     metrics, _ = evaluate_volume(iter(target.astype(np.float32)), target, edge_band=8)
-    assert set(metrics) == set(METRIC_KEYS)
-    scores = {k: v for k, v in metrics.items() if k != "best_threshold"}
+    assert set(metrics) == set(METRIC_KEYS) | set(INTERVAL_KEYS)
+    assert metrics["fg_iou_ci_low"] is None  # 3 slices of 40 x 50: one block, no interval
+    scores = {k: v for k, v in metrics.items() if k in METRIC_KEYS and k != "best_threshold"}
     assert scores == pytest.approx(dict.fromkeys(scores, 1.0))
 
 

@@ -121,3 +121,10 @@ def test_a_variant_of_a_peer_gets_its_own_row_beside_the_peers_earlier_one(tmp_p
         "nnunet.json",
     ]
     assert "| emseg-fast_budget | 0.9000 |" in (out / "table.md").read_text()
+
+
+def test_the_fg_iou_cell_carries_eval_pys_interval_where_the_record_has_it():
+    scored = {**EMSEG, "score": {**EMSEG["score"], "fg_iou_ci_low": 0.861, "fg_iou_ci_high": 0.884}}
+    text = table.markdown([table.row(scored), table.row(EMSEG)])
+    assert "| emseg | 0.8729 (0.861-0.884) |" in text  # scored with the interval
+    assert "| emseg | 0.8729 |" in text  # an older record: the score alone

@@ -278,3 +278,29 @@ def test_best_searches_widest_and_takes_any_gain(tmp_path):
     assert set(default.median_sides) < set(search.median_sides)
     fast = compose_train(["experiment=fast"], tmp_path / "run", tmp_path / "data")
     assert cfg.trainer == fast.trainer and cfg.optim == fast.optim and cfg.data == fast.data
+
+
+def test_each_candidate_keeps_the_block_counts_its_score_is_pooled_from():
+    probs, mask = _constructed_case()
+    window = WindowSettings()
+    for c in _scored([probs, probs], [mask, mask], window, [MEDIAN_OFF, MEDIAN_3], [0.5]):
+        assert c.blocks.shape == (2, 3)  # one block per 12 x 48 x 48 volume
+        tp, fp, fn = c.blocks.sum(axis=0)
+        assert c.fg_iou == pytest.approx(tp / (tp + fp + fn))
+
+
+def test_the_gain_over_the_defaults_comes_with_its_paired_interval():
+    from emseg.settings_search import gain_over_defaults
+
+    rng = np.random.default_rng(0)
+    fg = rng.integers(500, 5000, 24)
+    noisy = np.stack([fg * 8 // 10, fg // 10, fg - fg * 8 // 10], axis=1)
+    cleaner = noisy.copy()
+    cleaner[:, 1] //= 2  # half the false positives in every block
+    default = Candidate(32, "none", MEDIAN_OFF, 0.5, 0.0, noisy)
+    median = Candidate(32, "none", MEDIAN_3, 0.5, 0.0, cleaner)
+    gain = gain_over_defaults(median, [default, median])
+    assert 0 < gain["low"] <= gain["difference"] <= gain["high"]
+    assert gain["blocks"] == 24 and gain["block_zyx"] == [16, 256, 256]
+    assert gain_over_defaults(default, [default, median])["difference"] == 0
+    assert gain_over_defaults(_candidate(0.9), [_candidate(0.8)]) is None  # no block counts

@@ -14,7 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-SCORE_KEYS = ("fg_iou", "mean_iou", "dice", "accuracy")
+# fg_iou_ci_low / _high: eval.py's block-bootstrap 95 % interval of fg_iou (emseg.intervals;
+# absent from records scored before eval.py kept it).
+SCORE_KEYS = ("fg_iou", "mean_iou", "dice", "accuracy", "fg_iou_ci_low", "fg_iou_ci_high")
 
 
 def gnu_time(path: Path) -> dict[str, float] | None:

@@ -55,6 +55,7 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "peer": result["peer"],
         "fg_iou": score.get("fg_iou"),
+        "fg_iou_ci": _interval(score),
         "mean_iou": score.get("mean_iou"),
         "dice": score.get("dice"),
         "train_s": result.get("train_s"),
@@ -67,6 +68,19 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "cpu": result.get("cpu"),
         "curve": curve(result),
     }
+
+
+def _interval(score: dict[str, Any]) -> tuple[float, float] | None:
+    """eval.py's 95 % interval of fg IoU (``None`` for records scored before it was kept)."""
+    low, high = score.get("fg_iou_ci_low"), score.get("fg_iou_ci_high")
+    return None if low is None or high is None else (low, high)
+
+
+def _fg_iou_cell(r: dict[str, Any]) -> str:
+    interval = r.get("fg_iou_ci")
+    if r["fg_iou"] is None or interval is None:
+        return _fmt(r["fg_iou"])
+    return f"{_fmt(r['fg_iou'])} ({interval[0]:.3f}-{interval[1]:.3f})"
 
 
 def curve(result: dict[str, Any]) -> list[tuple[float, float]]:
@@ -84,8 +98,8 @@ def curve(result: dict[str, Any]) -> list[tuple[float, float]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| peer | test fg IoU | mean IoU | Dice | train (min) | iterations | s / iteration | "
-        "test-time aug. | predict (min) | peak RSS train / predict (GB) | CPU |\n"
+        "| peer | test fg IoU (95 % interval) | mean IoU | Dice | train (min) | iterations | "
+        "s / iteration | test-time aug. | predict (min) | peak RSS train / predict (GB) | CPU |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
@@ -95,7 +109,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             for k in ("train_peak_rss_mb", "predict_peak_rss_mb")
         )
         lines.append(
-            f"| {r['peer']} | {_fmt(r['fg_iou'])} | {_fmt(r['mean_iou'])} | {_fmt(r['dice'])} | "
+            f"| {r['peer']} | {_fg_iou_cell(r)} | {_fmt(r['mean_iou'])} | {_fmt(r['dice'])} | "
             f"{_minutes(r['train_s'])} | {_fmt(r['iterations'], '.0f')} | "
             f"{_fmt(r['s_per_iteration'], '.2f')} | {r['tta'] or '–'} | "
             f"{_minutes(r['predict_s'])} | {rss} | "

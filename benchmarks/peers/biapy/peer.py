@@ -496,6 +496,8 @@ METRIC_KEYS = (
     "recall",
     "edge_fg_iou",
     "interior_fg_iou",
+    "fg_iou_ci_low",
+    "fg_iou_ci_high",
 )
 
 
