@@ -19,6 +19,7 @@ labelled pixels only.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 
@@ -44,7 +45,7 @@ MIN_BLOCKS = 8
 
 
 def tile_counts(
-    prediction: np.ndarray, target: np.ndarray, labelled: np.ndarray, tile: tuple[int, int]
+    prediction: np.ndarray, target: np.ndarray, labelled: np.ndarray, tile: Sequence[int]
 ) -> np.ndarray:
     """``(tiles, 3)`` int64 ``(tp, fp, fn)`` of each ``tile``-sized XY tile of one slice.
 
@@ -54,12 +55,7 @@ def tile_counts(
         labelled: bool ``(Y, X)``, True where the target is labelled (others are not counted).
         tile: ``(ty, tx)`` pixels; the last row / column of tiles may be smaller.
     """
-    ty, tx = (int(t) for t in tile)
-    pred, true = prediction & labelled, target & labelled
-    maps = np.stack([pred & true, pred & ~true, ~pred & true])  # (3, Y, X) bool
-    rows = np.add.reduceat(maps, np.arange(0, maps.shape[1], ty), axis=1, dtype=np.int64)
-    tiles = np.add.reduceat(rows, np.arange(0, maps.shape[2], tx), axis=2)
-    return tiles.reshape(3, -1).T
+    return volume_block_counts(prediction[None], target[None], labelled[None], (1, *tile))
 
 
 def volume_block_counts(
@@ -72,12 +68,19 @@ def volume_block_counts(
         prediction, target, labelled: bool ``(Z, Y, X)``, as :func:`tile_counts`.
         block: ``(z, y, x)`` voxels.
     """
-    pred, true = prediction & labelled, target & labelled
-    sums = np.stack([pred & true, pred & ~true, ~pred & true])  # (3, Z, Y, X) bool
-    for axis, size in enumerate(block, start=1):
-        starts = np.arange(0, sums.shape[axis], int(size))
-        sums = np.add.reduceat(sums, starts, axis=axis, dtype=np.int64)
-    return sums.reshape(3, -1).T
+    # a loop of count_nonzero over block views: ~10x faster than np.add.reduceat over the axes
+    # (which converts every voxel to an integer first), and the settings search calls this
+    # once per candidate
+    grid = [range(0, n, int(b)) for n, b in zip(prediction.shape, block, strict=True)]
+    out = np.empty((int(np.prod([len(g) for g in grid])), 3), np.int64)
+    bz, by, bx = (int(b) for b in block)
+    for i, (z, y, x) in enumerate(itertools.product(*grid)):
+        region = np.s_[z : z + bz, y : y + by, x : x + bx]
+        known = labelled[region]
+        pred, true = prediction[region] & known, target[region] & known
+        tp = np.count_nonzero(pred & true)
+        out[i] = tp, np.count_nonzero(pred) - tp, np.count_nonzero(true) - tp
+    return out
 
 
 class BlockCounts:
