@@ -15,7 +15,8 @@
 #                test volume costs hours on this CPU: 8-way TTA over ~48 patches per slice)
 #   PREDICT_SNAPSHOTS="snapshot_3600s snapshot_5400s"  the final model, then these snapshots in
 #                this order (a session that cannot hold every prediction does the ones that
-#                matter first; the rest resume later with the same command)
+#                matter first; the rest resume later with the same command); "final" in the
+#                list puts the final model where it stands ("snapshot_3600s final")
 #   TTA=0        predict without the recipe's 8-way TTA (TEST.AUGMENTATION false; the test
 #                config and result.json's config.summary.test_tta record it): for a session that
 #                cannot hold 2 h of training and an 8-way test phase
@@ -85,10 +86,12 @@ if sys.argv[2] == "0":
 elif sys.argv[2] == "1":
     recs = [t["final"]] + t["snapshots"]
 else:
-    unknown = [n for n in sys.argv[2].split() if n not in by_name]
+    names = sys.argv[2].split()
+    by_name["final"] = t["final"]
+    unknown = [n for n in names if n not in by_name]
     if unknown:
         sys.exit(f"run.sh: PREDICT_SNAPSHOTS names {unknown}; train.json has {sorted(by_name)}")
-    recs = [t["final"]] + [by_name[n] for n in sys.argv[2].split()]
+    recs = [by_name[n] for n in (names if "final" in names else ["final", *names])]
 for rec in recs:
     if rec.get("checkpoint") and "same_as" not in rec:
         print(rec["name"], rec["checkpoint"])
