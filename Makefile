@@ -112,7 +112,9 @@ quality: data ## train experiment=$(QUALITY) (resumable), evaluate its best + sn
 
 # quality-ensemble: ENSEMBLE_MEMBERS (run dirs or checkpoints, space-separated) averaged as one
 # checkpoint in ENSEMBLE_DIR (ensemble.py), its settings chosen with best's search
-# (settings_search=wide) on the members' shared hold-out, then eval.py of it (test + Lucchi++).
+# (settings_search=wide) on the members' shared hold-out, then eval.py of it (test + Lucchi++)
+# only if its validation fg IoU is at least its best member's (require_gain_over_members: name
+# each member's best_config.ckpt from quality-best, so that both sides had the same search).
 ENSEMBLE_MEMBERS ?=
 ENSEMBLE_DIR ?= $(QUALITY_RUNS)/ensemble
 quality-ensemble: $(STAMP) ## ENSEMBLE_MEMBERS="<run> <run>" as one network (ensemble.py) into ENSEMBLE_DIR, choose.py settings_search=wide, eval.py
@@ -123,6 +125,7 @@ quality-ensemble: $(STAMP) ## ENSEMBLE_MEMBERS="<run> <run>" as one network (ens
 	    output_ckpt=$(ENSEMBLE_DIR)/ensemble.ckpt hydra.run.dir=$(ENSEMBLE_DIR)/write
 	[ -f $(ENSEMBLE_DIR)/best_config.ckpt ] || \
 	  $(PY) choose.py ckpt_path=$(ENSEMBLE_DIR)/ensemble.ckpt settings_search=wide \
+	    require_gain_over_members=true \
 	    output_ckpt=$(ENSEMBLE_DIR)/best_config.ckpt hydra.run.dir=$(ENSEMBLE_DIR)/choose_best
 	$(PY) eval.py ckpt_path=$(ENSEMBLE_DIR)/best_config.ckpt $(QUALITY_EVAL_ARGS) $(LUCCHIPP_TOO) \
 		$(EVAL_RESUME) hydra.run.dir=$(ENSEMBLE_DIR)/eval_best

@@ -43,19 +43,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg: the composed ``conf/choose.yaml``.
 
     Returns:
-        The stored block (its ``validation_fg_iou`` is the chosen candidate's pooled fg IoU).
+        The stored block (its ``validation_fg_iou`` is the chosen candidate's pooled fg IoU;
+        for an ensemble written by ``ensemble.py``, ``validation_gain_over_best_member``).
 
     Raises:
+        EmsegError: ``require_gain_over_members`` and the ensemble is below its best member
+            on validation (nothing is stored).
         CheckpointError: ``ckpt_path`` is missing or not an emseg checkpoint.
         ConfigError: a bad candidate list, or an ``output_ckpt`` that exists.
     """
     search: SettingsSearch = instantiate(cfg.settings_search)  # checks the candidates
     source = resolve_checkpoint_path(cfg.ckpt_path)
     target = _output_path(cfg)
-    data = read_checkpoint(source).get("emseg_config", {}).get("data") or {}
+    config = read_checkpoint(source).get("emseg_config", {})
+    data = config.get("data") or {}
+    ensemble = config.get("ensemble")
+    members = ensemble.get("member_validation") if isinstance(ensemble, dict) else None
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    block = choose_and_store(source, search, data, output_dir, into=target)
+    block = choose_and_store(
+        source,
+        search,
+        data,
+        output_dir,
+        into=target,
+        members=members,
+        require_gain_over_members=bool(cfg.get("require_gain_over_members", False)),
+    )
     log.info("settings search: %.0f s", time.perf_counter() - start)
     return block

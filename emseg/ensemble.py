@@ -43,6 +43,7 @@ __all__ = [
     "HOLD_OUT_KEYS",
     "ProbabilityMean",
     "build_ensemble",
+    "member_validation",
     "run",
     "write_ensemble",
 ]
@@ -154,6 +155,19 @@ def _check_compatible(sources: Sequence[Path], configs: Sequence[Mapping[str, An
             )
 
 
+def member_validation(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A member's validation record from its run config's ``evaluation`` block (the settings
+    ``choose.py`` / ``train.py`` chose on its hold-out, their fg IoU and block counts), or
+    ``None`` when it has none. The ensemble keeps these, so that ``choose.py`` compares the
+    ensemble with its best member on the same hold-out (``validation_gain_over_best_member``).
+    """
+    block = config.get("evaluation")
+    if not isinstance(block, Mapping) or block.get("validation_fg_iou") is None:
+        return None
+    keys = ("validation_fg_iou", "validation_blocks", "inference", "postprocess", "threshold")
+    return {key: _plain(block.get(key)) for key in keys}
+
+
 def write_ensemble(members: Sequence[str | Path], output: str | Path) -> Path:
     """Write one checkpoint that averages the foreground probabilities of ``members``.
 
@@ -165,7 +179,8 @@ def write_ensemble(members: Sequence[str | Path], output: str | Path) -> Path:
     Returns:
         ``output``. Its ``emseg_config`` is the first member's, without its ``evaluation``
         block (settings chosen for one member; ``choose.py`` chooses the ensemble's), with
-        ``model`` naming :func:`build_ensemble` and ``ensemble.members`` the source paths.
+        ``model`` naming :func:`build_ensemble`, ``ensemble.members`` the source paths and
+        ``ensemble.member_validation`` their validation records (:func:`member_validation`).
 
     Raises:
         ConfigError: fewer than two members, a member that is an ensemble, members that differ
@@ -193,6 +208,7 @@ def write_ensemble(members: Sequence[str | Path], output: str | Path) -> Path:
     config["ensemble"] = {
         "members": [str(source) for source in sources],
         "combine": "mean of the members' foreground probabilities",
+        "member_validation": [member_validation(c) for c in configs],
     }
     with atomic_path(target) as tmp:
         torch.save({"state_dict": state, "emseg_config": config}, tmp)

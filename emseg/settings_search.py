@@ -12,7 +12,10 @@ How much the choice gains is reported with its uncertainty: every candidate keep
 confusion counts of 3D blocks of the hold-out, and the block stores the paired bootstrap
 interval of the chosen candidate's gain over the defaults (:mod:`emseg.intervals`;
 ``validation_gain_over_defaults``): a gain whose interval holds 0 is one the hold-out cannot
-tell from noise.
+tell from noise. The chosen candidate's block counts are stored too
+(``validation_blocks``), so that an ensemble of such runs (:mod:`emseg.ensemble`) is compared
+with its best member on the same blocks (``validation_gain_over_best_member``,
+:func:`gain_over_best_member`).
 
 Cost: ``len(border_pads) + len(ttas) - 1`` predictions of the hold-out (the other TTAs are
 tried with the border padding chosen without TTA); each median x threshold is then a box sum
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from emseg.data.labels import IGNORE
-from emseg.errors import ConfigError
+from emseg.errors import ConfigError, EmsegError
 from emseg.evaluate import validation_volumes
 from emseg.inference import InferencePipeline, WindowSettings
 from emseg.inference.checkpoint import load_checkpoint
@@ -50,6 +53,7 @@ __all__ = [
     "choose",
     "choose_and_store",
     "evaluation_block",
+    "gain_over_best_member",
     "gain_over_defaults",
     "log_table",
     "median_candidates",
@@ -336,6 +340,8 @@ def evaluation_block(chosen: Candidate, scored: Sequence[Candidate], data: Mappi
         "validation_fg_iou": chosen.fg_iou,
         "validation_fg_iou_of_defaults": _default(scored).fg_iou,
         "validation_gain_over_defaults": gain_over_defaults(chosen, scored),
+        "validation_blocks": None if chosen.blocks is None else chosen.blocks.tolist(),
+        "validation_block_zyx": list(DEFAULT_BLOCK),
     }
 
 
@@ -348,6 +354,51 @@ def gain_over_defaults(chosen: Candidate, scored: Sequence[Candidate]) -> dict |
         return None
     gain = fg_iou_difference_interval(chosen.blocks, default.blocks)
     return None if gain is None else {**gain, "block_zyx": list(DEFAULT_BLOCK)}
+
+
+def _unscored(members: Sequence[Mapping[str, Any] | None]) -> list[int]:
+    return [i for i, m in enumerate(members) if not m or m.get("validation_fg_iou") is None]
+
+
+def gain_over_best_member(
+    chosen: Candidate, members: Sequence[Mapping[str, Any] | None]
+) -> dict[str, Any] | None:
+    """An ensemble's chosen validation fg IoU against its best member's.
+
+    Args:
+        chosen: the ensemble's chosen candidate (with its block counts).
+        members: each member's validation record, as :func:`emseg.ensemble.member_validation`
+            copied it from the member's ``evaluation`` block (its own chosen settings on the
+            same hold-out), or ``None`` for a member that has none.
+
+    Returns:
+        ``{"difference", "best_member", "best_member_fg_iou", "interval"}``: ``difference`` is
+        ``chosen.fg_iou`` minus the best member's; ``interval`` the paired block-bootstrap
+        interval (:func:`emseg.intervals.fg_iou_difference_interval`), ``None`` where the
+        member has no block counts, its blocks hold other foreground (not the same hold-out),
+        or there are too few blocks. ``None`` when a member has no validation score.
+    """
+    if not members or _unscored(members):
+        return None
+    best = max(range(len(members)), key=lambda i: float(members[i]["validation_fg_iou"]))
+    best_iou = float(members[best]["validation_fg_iou"])
+    interval = None
+    theirs = members[best].get("validation_blocks")
+    if chosen.blocks is not None and theirs is not None:
+        theirs = np.asarray(theirs, dtype=np.int64)
+        ours = chosen.blocks
+        # tp + fn of a block is its labelled foreground: equal only on the same blocks.
+        aligned = theirs.shape == ours.shape and np.array_equal(
+            theirs[:, 0] + theirs[:, 2], ours[:, 0] + ours[:, 2]
+        )
+        if aligned:
+            interval = fg_iou_difference_interval(ours, theirs)
+    return {
+        "difference": chosen.fg_iou - best_iou,
+        "best_member": best,
+        "best_member_fg_iou": best_iou,
+        "interval": interval,
+    }
 
 
 def store_in_checkpoint(
@@ -401,22 +452,73 @@ def log_table(scored: Sequence[Candidate], chosen: Candidate) -> None:
         )
 
 
+def log_gain_over_best_member(gain: Mapping[str, Any]) -> None:
+    """One line: the ensemble's validation gain over its best member, with its interval."""
+    interval = gain["interval"]
+    detail = (
+        "no paired interval (too few blocks, or a member without block counts)"
+        if interval is None
+        else f"{100 * interval['confidence']:g} % interval {interval['low']:+.4f} to "
+        f"{interval['high']:+.4f} ({interval['blocks']} blocks)"
+        + ("" if interval["low"] > 0 or interval["high"] < 0 else ": not resolved")
+    )
+    log.info(
+        "ensemble against its best member (member %d, validation fg IoU %.4f): %+.4f, %s",
+        gain["best_member"],
+        gain["best_member_fg_iou"],
+        gain["difference"],
+        detail,
+    )
+
+
 def choose_and_store(
     checkpoint_path: Path | str,
     search: SettingsSearch,
     data: Mapping,
     output_dir: Path,
     into: Path | str | None = None,
+    members: Sequence[Mapping[str, Any] | None] | None = None,
+    require_gain_over_members: bool = False,
 ) -> dict[str, Any]:
     """Search, log the table, write ``settings_search.json`` and store the chosen block in
     the checkpoint (or in ``into``, a copy of it with the block: :func:`store_in_checkpoint`).
 
+    Args:
+        members: for an ensemble, its members' validation records
+            (:func:`gain_over_best_member`); the block then holds
+            ``validation_gain_over_best_member``.
+        require_gain_over_members: store nothing (``settings_search.json`` is still written)
+            and raise when the ensemble's validation fg IoU is below its best member's.
+
     Returns:
         The stored ``evaluation`` block.
+
+    Raises:
+        EmsegError: ``require_gain_over_members`` and the ensemble does not beat its best
+            member on validation; ConfigError: it is required without members to compare.
     """
+    if require_gain_over_members and members is None:
+        raise ConfigError(
+            "require_gain_over_members: only an ensemble checkpoint (ensemble.py) has members "
+            "to compare with"
+        )
+    if require_gain_over_members and _unscored(members):
+        raise ConfigError(
+            f"require_gain_over_members: ensemble members {_unscored(members)} have no settings "
+            "chosen on validation to compare with; run choose.py on each member and build the "
+            "ensemble from the checkpoints it writes"
+        )
     chosen, scored, facts = search_settings(checkpoint_path, search)
     block = evaluation_block(chosen, scored, data)
     log_table(scored, chosen)
+    if members is not None:
+        gain = gain_over_best_member(chosen, members)
+        block["validation_gain_over_best_member"] = gain
+        if gain is None:
+            unscored = _unscored(members)
+            log.info("ensemble members %s have no validation score: not compared", unscored)
+        else:
+            log_gain_over_best_member(gain)
     record = {
         **facts,
         "search": asdict(search),
@@ -427,6 +529,14 @@ def choose_and_store(
     stored_in = Path(checkpoint_path if into is None else into)
     record["stored_in"] = str(stored_in)
     write_json_atomic(output_dir / "settings_search.json", record)
+    gain = block.get("validation_gain_over_best_member")
+    if require_gain_over_members and gain["difference"] < 0:
+        raise EmsegError(
+            f"require_gain_over_members: the ensemble's validation fg IoU {chosen.fg_iou:.4f} "
+            f"is below its best member's (member {gain['best_member']}: "
+            f"{gain['best_member_fg_iou']:.4f}); nothing stored (the search is in "
+            f"{output_dir / 'settings_search.json'})"
+        )
     store_in_checkpoint(checkpoint_path, block, into)
     log.info("stored in %s; written %s", stored_in, output_dir / "settings_search.json")
     return block

@@ -163,6 +163,72 @@ def test_ensemble_py_writes_one_checkpoint_that_choose_and_eval_run(
     assert not (tmp_path / "x.ckpt").exists()
 
 
+_ONE_CANDIDATE = [
+    "settings_search.ttas=[none]",
+    "settings_search.median_sides=[3]",
+    "settings_search.thresholds=[0.5]",
+]
+
+
+def _evaluation(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["emseg_config"]["evaluation"]
+
+
+def _choose(source: Path, target: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str]:
+    args = [f"ckpt_path={source}", f"output_ckpt={target}", *_ONE_CANDIDATE, *extra]
+    return run_script("choose.py", args, tmp_path / f"choose_{target.stem}", capsys)
+
+
+def test_choose_py_compares_an_ensemble_with_its_best_member(tiny_checkpoint, tmp_path, capsys):
+    """Members chosen on validation, the ensemble written from them: choose.py on the
+    ensemble records its gain over the better member; require_gain_over_members refuses an
+    ensemble below it (nothing stored) and one whose members were never chosen."""
+    second = _variant(tiny_checkpoint, tmp_path / "second.ckpt", seed=1)
+    members = []
+    for name, source in (("a", tiny_checkpoint), ("b", second)):
+        code, err = _choose(source, tmp_path / f"{name}.ckpt", tmp_path, capsys)
+        assert code == 0, err
+        members.append(tmp_path / f"{name}.ckpt")
+    scores = [_evaluation(m)["validation_fg_iou"] for m in members]
+    ensemble = write_ensemble(members, tmp_path / "ensemble.ckpt")
+    records = load_checkpoint(ensemble).config["ensemble"]["member_validation"]
+    assert [r["validation_fg_iou"] for r in records] == scores
+    assert all(r["validation_blocks"] is not None for r in records)
+
+    code, err = _choose(ensemble, tmp_path / "chosen.ckpt", tmp_path, capsys)
+    assert code == 0, err
+    block = _evaluation(tmp_path / "chosen.ckpt")
+    gain = block["validation_gain_over_best_member"]
+    assert gain["best_member"] == int(np.argmax(scores))
+    assert gain["best_member_fg_iou"] == max(scores)
+    assert gain["difference"] == pytest.approx(block["validation_fg_iou"] - max(scores))
+
+    # A member that scored 1.0 on validation cannot be beaten: refused, nothing stored.
+    checkpoint = torch.load(ensemble, map_location="cpu", weights_only=False)
+    checkpoint["emseg_config"]["ensemble"]["member_validation"][0]["validation_fg_iou"] = 1.0
+    unbeatable = tmp_path / "unbeatable.ckpt"
+    torch.save(checkpoint, unbeatable)
+    gate = "require_gain_over_members=true"
+    code, err = _choose(unbeatable, tmp_path / "refused.ckpt", tmp_path, capsys, gate)
+    assert code == 2 and "below its best member's (member 0: 1.0000)" in err, err
+    assert not (tmp_path / "refused.ckpt").exists()
+    assert (tmp_path / "choose_refused" / "hydra" / "settings_search.json").exists()
+    code, err = _choose(ensemble, tmp_path / "gated.ckpt", tmp_path, capsys, gate)
+    assert code == (0 if gain["difference"] >= 0 else 2), err
+
+    # Members without chosen settings, or a checkpoint that is not an ensemble: refused before
+    # the search, in one line each.
+    unchosen = write_ensemble([tiny_checkpoint, second], tmp_path / "unchosen.ckpt")
+    checkpoint = torch.load(unchosen, map_location="cpu", weights_only=False)
+    checkpoint["emseg_config"]["ensemble"]["member_validation"] = [None, None]
+    torch.save(checkpoint, unchosen)
+    code, err = _choose(unchosen, tmp_path / "x.ckpt", tmp_path, capsys, gate)
+    assert code == 2 and "members [0, 1] have no settings chosen" in err, err
+    code, err = _choose(members[0], tmp_path / "y.ckpt", tmp_path, capsys, gate)
+    assert code == 2 and "only an ensemble checkpoint" in err, err
+    assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "y.ckpt").exists()
+
+
 # ONNX: a minute on 2 cores (the exporter traces both members), hence slow.
 @pytest.mark.parametrize(
     ("fmt", "atol"),

@@ -304,3 +304,37 @@ def test_the_gain_over_the_defaults_comes_with_its_paired_interval():
     assert gain["blocks"] == 24 and gain["block_zyx"] == [16, 256, 256]
     assert gain_over_defaults(default, [default, median])["difference"] == 0
     assert gain_over_defaults(_candidate(0.9), [_candidate(0.8)]) is None  # no block counts
+
+
+def test_an_ensemble_is_compared_with_its_best_member_on_the_same_blocks():
+    from emseg.settings_search import gain_over_best_member
+
+    def iou(blocks: np.ndarray) -> float:
+        tp, fp, fn = blocks.sum(axis=0)
+        return float(tp / (tp + fp + fn))
+
+    rng = np.random.default_rng(1)
+    fg = rng.integers(500, 5000, 24)
+    weak = np.stack([fg * 7 // 10, fg // 5, fg - fg * 7 // 10], axis=1)
+    strong = np.stack([fg * 8 // 10, fg // 10, fg - fg * 8 // 10], axis=1)
+    ensemble = Candidate(32, "flips", MEDIAN_3, 0.45, iou(strong), strong.copy())
+    ensemble.blocks[:, 1] //= 2  # the ensemble halves the stronger member's false positives
+    ensemble = Candidate(32, "flips", MEDIAN_3, 0.45, iou(ensemble.blocks), ensemble.blocks)
+    members = [
+        {"validation_fg_iou": iou(weak), "validation_blocks": weak.tolist()},
+        {"validation_fg_iou": iou(strong), "validation_blocks": strong.tolist()},
+    ]
+    gain = gain_over_best_member(ensemble, members)
+    assert gain["best_member"] == 1 and gain["best_member_fg_iou"] == iou(strong)
+    assert gain["difference"] == pytest.approx(ensemble.fg_iou - iou(strong))
+    assert 0 < gain["interval"]["low"] <= gain["interval"]["difference"] <= gain["interval"]["high"]
+    assert gain["interval"]["difference"] == pytest.approx(gain["difference"])
+
+    # Blocks with other foreground are another hold-out: the point difference, no interval.
+    shifted = strong.copy()
+    shifted[:, 2] += 1
+    other = [members[0], {**members[1], "validation_blocks": shifted.tolist()}]
+    assert gain_over_best_member(ensemble, other)["interval"] is None
+    no_blocks = [members[0], {"validation_fg_iou": iou(strong)}]
+    assert gain_over_best_member(ensemble, no_blocks)["interval"] is None
+    assert gain_over_best_member(ensemble, [members[0], None]) is None  # a member never chosen
