@@ -174,3 +174,13 @@ def test_every_val_choice_composes_to_inference_changes_only():
             and all(k.startswith(("inference.", "postprocess.")) for k in keys)
             or (choice == "border32")
         ), (choice, keys)
+
+
+def test_the_ensemble_target_evaluates_only_an_ensemble_that_beats_its_members():
+    commands = _dry_run("quality-ensemble", "ENSEMBLE_MEMBERS=a.ckpt b.ckpt", "ENSEMBLE_DIR=e")
+    commands = commands.replace("\\\n", " ")  # continuation lines joined
+    choose = next(line for line in commands.splitlines() if "choose.py" in line)
+    assert "ckpt_path=e/ensemble.ckpt settings_search=wide" in choose
+    assert "require_gain_over_members=true" in choose
+    # The gate and the evaluation are separate commands: make stops at the refusal.
+    assert commands.index("choose.py") < commands.index("eval.py ckpt_path=e/best_config.ckpt")
