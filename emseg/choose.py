@@ -58,7 +58,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     config = read_checkpoint(source).get("emseg_config", {})
     data = config.get("data") or {}
     ensemble = config.get("ensemble")
-    members = ensemble.get("member_validation") if isinstance(ensemble, dict) else None
+    members = None
+    if isinstance(ensemble, dict):  # written before member_validation existed: none scored
+        members = ensemble.get("member_validation") or [None] * len(ensemble.get("members", []))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
